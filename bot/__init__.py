@@ -1,0 +1,1 @@
+"""GitHub edge of cibot: webhook server, comment commands, GitHub client, CLI."""

@@ -1,0 +1,96 @@
+"""Build the one settings object from ``CIBOT_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bot.errors import ConfigError
+
+TIERS_WITH_ENDPOINTS = ("LOCAL", "MID", "FRONTIER")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TierOverride:
+    """Hold an operator's override of one tier's first model and endpoint."""
+
+    model: str | None = None
+    api_base: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Hold every operator setting; built once at startup, never read at import time."""
+
+    webhook_secret: str = field(default="", repr=False)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "sqlite:///cibot.db"
+    policy_path: Path | None = None
+    local_api_base: str | None = None
+    tier_overrides: Mapping[str, TierOverride] = field(default_factory=dict)
+    github_api_url: str = "https://api.github.com"
+    github_app_id: str = ""
+    github_private_key: str = field(default="", repr=False)
+    spool_path: Path = Path("cibot-spool.db")
+    bot_login: str = "cibot[bot]"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the ``CIBOT_*`` variables; raise ConfigError naming a bad one."""
+        env = os.environ if environ is None else environ
+        overrides = {
+            tier.lower(): TierOverride(
+                model=env.get(f"CIBOT_{tier}_MODEL") or None,
+                api_base=env.get(f"CIBOT_{tier}_API_BASE") or None,
+            )
+            for tier in TIERS_WITH_ENDPOINTS
+        }
+        if env.get("CIBOT_LOCAL_API_BASE"):
+            overrides["local"] = TierOverride(
+                model=overrides["local"].model, api_base=env["CIBOT_LOCAL_API_BASE"]
+            )
+        policy = env.get("CIBOT_POLICY")
+        return cls(
+            webhook_secret=env.get("CIBOT_WEBHOOK_SECRET", ""),
+            redis_url=env.get("CIBOT_REDIS_URL", cls.redis_url),
+            database_url=env.get("CIBOT_DATABASE_URL", cls.database_url),
+            policy_path=Path(policy) if policy else None,
+            local_api_base=overrides["local"].api_base,
+            tier_overrides=overrides,
+            github_api_url=env.get("CIBOT_GITHUB_API_URL", cls.github_api_url).rstrip("/"),
+            github_app_id=env.get("CIBOT_GITHUB_APP_ID", ""),
+            github_private_key=_private_key(env),
+            spool_path=Path(env.get("CIBOT_SPOOL_PATH", str(cls.spool_path))),
+            bot_login=env.get("CIBOT_BOT_LOGIN", cls.bot_login),
+        )
+
+    def require_webhook_secret(self) -> str:
+        """Return the webhook secret or explain how to set it."""
+        if not self.webhook_secret:
+            raise ConfigError(
+                "CIBOT_WEBHOOK_SECRET is not set: set it to the webhook secret you entered "
+                "when registering the GitHub App",
+                key="CIBOT_WEBHOOK_SECRET",
+                source="environment",
+            )
+        return self.webhook_secret
+
+
+def _private_key(env: Mapping[str, str]) -> str:
+    """Return the App key from CIBOT_GITHUB_PRIVATE_KEY or the file it names."""
+    if env.get("CIBOT_GITHUB_PRIVATE_KEY"):
+        return env["CIBOT_GITHUB_PRIVATE_KEY"]
+    path = env.get("CIBOT_GITHUB_PRIVATE_KEY_FILE")
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"CIBOT_GITHUB_PRIVATE_KEY_FILE cannot be read ({exc.strerror}): "
+            "point it at the App's .pem file",
+            key="CIBOT_GITHUB_PRIVATE_KEY_FILE",
+            source="environment",
+        ) from exc

@@ -1,0 +1,1 @@
+"""Routing policy: data (default.yaml), validated models, trigger detectors, the router."""

@@ -1,0 +1,1 @@
+"""Worker side of cibot: Celery app, jobs, model client, context packing, ledger."""
