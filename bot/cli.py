@@ -1,0 +1,86 @@
+"""Run the ``cibot`` command line: route, assess, serve, worker, report, ci."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import Protocol, cast
+
+from bot.errors import CibotError
+
+# Each subcommand lives in its own module, imported only when it runs, so that
+# `cibot route` does not pay for Celery, Starlette or litellm imports.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "route": ("bot.commands_route", "Explain how one task on one diff would be routed."),
+    "assess": ("bot.commands_assess", "Replay a repo's history through the router and cost model."),
+    "serve": ("bot.server", "Start the webhook server."),
+    "worker": ("workers.worker_cli", "Start a Celery worker for the given queues."),
+    "report": ("workers.report", "Print the ledger's figures, cost per accepted PR first."),
+    "ci": ("bot.actions", "Run one task inline, as a GitHub Actions step."),
+}
+
+
+class Subcommand(Protocol):
+    """Shape of a subcommand module."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Declare the subcommand's flags."""
+
+    def run(self, args: argparse.Namespace) -> int:
+        """Run it and return the exit code."""
+
+
+def _load(name: str) -> Subcommand | None:
+    """Import a subcommand's module, or return None when it is not built yet."""
+    try:
+        return cast(Subcommand, importlib.import_module(SUBCOMMANDS[name][0]))
+    except ModuleNotFoundError as exc:
+        if exc.name == SUBCOMMANDS[name][0]:
+            return None
+        raise
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Build the parser; load only the chosen subcommand's module."""
+    parser = argparse.ArgumentParser(prog="cibot", description=__doc__)
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        sub = subs.add_parser(name, help=help_text, description=help_text)
+        if only in (None, name):
+            module = _load(name)
+            if module is not None:
+                module.add_arguments(sub)
+    return parser
+
+
+class CliError(CibotError):
+    """Report bad command-line input; printed as one line, exit code 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, run the subcommand, and turn cibot errors into one-line messages."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if a in SUBCOMMANDS), None)
+    args = build_parser(chosen).parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 2
+    module = _load(args.command)
+    if module is None:
+        print(f"cibot {args.command}: not available in this build", file=sys.stderr)
+        return 2
+    try:
+        return module.run(args)
+    except CibotError as exc:
+        print(f"cibot {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

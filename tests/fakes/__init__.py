@@ -1,0 +1,1 @@
+"""Loopback stand-ins for GitHub and the model servers, shared by every test."""
