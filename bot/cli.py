@@ -14,8 +14,8 @@ from bot.errors import CibotError
 # Each subcommand lives in its own module, imported only when it runs, so that
 # `cibot route` does not pay for Celery, Starlette or litellm imports.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "route": ("bot.commands_route", "Explain how one task on one diff would be routed."),
-    "assess": ("bot.commands_assess", "Replay a repo's history through the router and cost model."),
+    "route": ("bot.decide", "Explain how one task on one diff would be routed."),
+    "assess": ("bot.assess", "Replay a repo's history through the router and cost model."),
     "serve": ("bot.server", "Start the webhook server."),
     "worker": ("workers.worker_cli", "Start a Celery worker for the given queues."),
     "report": ("workers.report", "Print the ledger's figures, cost per accepted PR first."),

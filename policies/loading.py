@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import ValidationError
+from pydantic import Field, TypeAdapter, ValidationError, field_validator
 
 from bot.errors import ConfigError
-from policies.model import Policy
+from policies.model import Category, ContentRule, Frozen, Policy, Service, TaskName
 
 DEFAULT_SOURCE = "policies/default.yaml"
 
@@ -56,9 +57,7 @@ def build_policy(data: Mapping[str, Any], *, source: str) -> Policy:
         raise ConfigError(message, key=key, source=source) from exc
 
 
-def load_policy(
-    path: Path | None = None, *, overrides: Mapping[str, Any] | None = None
-) -> Policy:
+def load_policy(path: Path | None = None, *, overrides: Mapping[str, Any] | None = None) -> Policy:
     """Load the operator policy (default: the packaged one) and apply tier overrides.
 
     ``overrides`` maps a tier name to an object with optional ``model`` and ``api_base``
@@ -101,3 +100,236 @@ class MergeResult:
 
     policy: Policy
     errors: tuple[ConfigError, ...]
+
+
+REPO_SOURCE = ".github/cibot.yml"
+# Keys a repo may never set: tiers, endpoints and money are the operator's alone.
+OPERATOR_ONLY = {
+    "tiers": "tiers, models and api_base come only from the operator's policy",
+    "rungs": "hardware rungs come only from the operator's policy",
+    "budgets": "use 'budget.monthly_frontier_usd' to lower the budget; raising it is not allowed",
+    "history": "acceptance floors come only from the operator's policy",
+    "version": "the policy version is the operator's",
+}
+NESTED_QUANTIFIER = re.compile(r"\([^()]*[+*}]\)\s*[+*{]")
+
+
+class _RepoPrivateOnly(Frozen):
+    """Let a repo add private_only paths and labels, or pin the whole repo private."""
+
+    repo: bool = False
+    paths: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+
+
+class _RepoReview(Frozen):
+    """Let a repo tune review noise and auto-review."""
+
+    auto: bool | None = None
+    min_severity: Literal["nit", "minor", "major", "critical"] | None = None
+    max_findings: int | None = Field(default=None, ge=0, le=50)
+
+
+class _RepoSkip(Frozen):
+    """Let a repo choose whether drafts and bot PRs are skipped."""
+
+    drafts: bool | None = None
+    bots: bool | None = None
+
+
+class _RepoCommands(Frozen):
+    """Let a repo choose who may run comment commands."""
+
+    permission: Literal["read", "triage", "write", "maintain", "admin"] | None = None
+
+
+class _RepoTests(Frozen):
+    """Let a repo set its changed-line coverage target."""
+
+    coverage_target: float | None = Field(default=None, ge=0, le=1)
+
+
+class _RepoBudget(Frozen):
+    """Let a repo lower (never raise) the monthly frontier budget."""
+
+    monthly_frontier_usd: float | None = Field(default=None, ge=0)
+
+
+class _RepoTask(Frozen):
+    """Let a repo switch a task off."""
+
+    enabled: bool | None = None
+
+
+class _RepoCategory(Frozen):
+    """Let a repo add sensitive paths and content patterns (never remove them)."""
+
+    paths: tuple[str, ...] = ()
+    content: tuple[ContentRule, ...] = ()
+
+    @field_validator("content")
+    @classmethod
+    def _safe_patterns(cls, rules: tuple[ContentRule, ...]) -> tuple[ContentRule, ...]:
+        """Reject patterns that do not compile or could backtrack catastrophically."""
+        for rule in rules:
+            if len(rule.pattern) > 300 or NESTED_QUANTIFIER.search(rule.pattern):
+                raise ValueError(
+                    f"pattern {rule.pattern[:40]!r} is too long or has nested quantifiers"
+                )
+            try:
+                re.compile(rule.pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"pattern {rule.pattern[:40]!r} is not a valid regex: {exc}"
+                ) from exc
+        return rules
+
+
+REPO_KEYS: dict[str, Any] = {
+    "private_only": _RepoPrivateOnly,
+    "review": _RepoReview,
+    "skip": _RepoSkip,
+    "commands": _RepoCommands,
+    "tests": _RepoTests,
+    "budget": _RepoBudget,
+    "tasks": dict[TaskName, _RepoTask],
+    "sensitive": dict[Category, _RepoCategory],
+    "services": dict[str, Service],
+}
+
+
+def merge_repo_config(
+    policy: Policy, text: str | None, *, repo: str = "", source: str = REPO_SOURCE
+) -> MergeResult:
+    """Merge a repo's `.github/cibot.yml` onto the policy, key by key.
+
+    A repo file may only narrow what leaves the private tiers: its private_only entries
+    are added to the operator's, never replace them, and it cannot touch tiers, endpoints
+    or budgets upward. A bad key is reported (naming key and file) and skipped; the
+    policy's values stay in force for it.
+    """
+    if not text or not text.strip():
+        return MergeResult(policy, ())
+    try:
+        data = parse_yaml(text, source=source)
+    except ConfigError as exc:
+        return MergeResult(policy, (exc,))
+    merged = policy.model_dump(mode="python")
+    errors: list[ConfigError] = []
+    for key, value in data.items():
+        error = _merge_key(merged, str(key), value, repo=repo, source=source)
+        if error is not None:
+            errors.append(error)
+    try:
+        return MergeResult(Policy.model_validate(merged), tuple(errors))
+    except ValidationError as exc:
+        bad, message = validation_message(exc, source=source)
+        return MergeResult(policy, (*errors, ConfigError(message, key=bad, source=source)))
+
+
+def _merge_key(
+    merged: dict[str, Any], key: str, value: Any, *, repo: str, source: str
+) -> ConfigError | None:
+    """Validate one top-level repo key and fold it into the policy dump."""
+    if key in OPERATOR_ONLY:
+        return ConfigError(
+            f"{source}: key '{key}' is not allowed here: {OPERATOR_ONLY[key]}",
+            key=key,
+            source=source,
+        )
+    if key not in REPO_KEYS:
+        allowed = ", ".join(sorted(REPO_KEYS))
+        return ConfigError(
+            f"{source}: unknown key '{key}' (allowed: {allowed})", key=key, source=source
+        )
+    try:
+        parsed = TypeAdapter(REPO_KEYS[key]).validate_python(value)
+    except ValidationError as exc:
+        bad, message = validation_message(exc, source=source)
+        full = f"{key}.{bad}" if bad != "(top level)" else key
+        return ConfigError(
+            message.replace(f"key '{bad}'", f"key '{full}'"), key=full, source=source
+        )
+    MERGERS[key](merged, parsed, repo)
+    return None
+
+
+def _union(old: Any, new: Any) -> list[Any]:
+    """Return the operator's entries followed by the repo's new ones, without repeats."""
+    out = list(old)
+    out.extend(item for item in new if item not in out)
+    return out
+
+
+def _merge_private_only(merged: dict[str, Any], value: _RepoPrivateOnly, repo: str) -> None:
+    """Add the repo's private_only entries to the operator's; nothing is ever removed."""
+    residency = merged["private_only"]
+    residency["paths"] = _union(residency["paths"], value.paths)
+    residency["labels"] = _union(residency["labels"], value.labels)
+    if value.repo and repo:
+        residency["repos"] = _union(residency["repos"], [repo])
+
+
+def _merge_review(merged: dict[str, Any], value: _RepoReview, repo: str) -> None:
+    """Apply the repo's review settings."""
+    merged["review"].update(value.model_dump(exclude_none=True))
+
+
+def _merge_skip(merged: dict[str, Any], value: _RepoSkip, repo: str) -> None:
+    """Apply the repo's draft and bot skipping."""
+    if value.drafts is not None:
+        merged["behaviour"]["skip_drafts"] = value.drafts
+    if value.bots is not None:
+        merged["behaviour"]["skip_bots"] = value.bots
+
+
+def _merge_commands(merged: dict[str, Any], value: _RepoCommands, repo: str) -> None:
+    """Apply the repo's command permission level."""
+    if value.permission is not None:
+        merged["behaviour"]["command_permission"] = value.permission
+
+
+def _merge_tests(merged: dict[str, Any], value: _RepoTests, repo: str) -> None:
+    """Apply the repo's coverage target."""
+    if value.coverage_target is not None:
+        merged["behaviour"]["coverage_target"] = value.coverage_target
+
+
+def _merge_budget(merged: dict[str, Any], value: _RepoBudget, repo: str) -> None:
+    """Lower the frontier budget; a higher figure is ignored."""
+    if value.monthly_frontier_usd is not None:
+        current = merged["budgets"]["monthly_frontier_usd"]
+        merged["budgets"]["monthly_frontier_usd"] = min(current, value.monthly_frontier_usd)
+
+
+def _merge_tasks(merged: dict[str, Any], value: dict[str, _RepoTask], repo: str) -> None:
+    """Switch tasks off (or back on) for this repo."""
+    for name, task in value.items():
+        if task.enabled is not None:
+            merged["tasks"][name]["enabled"] = task.enabled
+
+
+def _merge_sensitive(merged: dict[str, Any], value: dict[str, _RepoCategory], repo: str) -> None:
+    """Add the repo's sensitive paths and patterns to the operator's."""
+    for name, rules in value.items():
+        target = merged["sensitive"].setdefault(name, {"paths": (), "content": ()})
+        target["paths"] = _union(target["paths"], rules.paths)
+        target["content"] = _union(target["content"], [r.model_dump() for r in rules.content])
+
+
+def _merge_services(merged: dict[str, Any], value: dict[str, Service], repo: str) -> None:
+    """Add or replace service-map entries."""
+    merged["services"].update({name: svc.model_dump() for name, svc in value.items()})
+
+
+MERGERS: dict[str, Any] = {
+    "private_only": _merge_private_only,
+    "review": _merge_review,
+    "skip": _merge_skip,
+    "commands": _merge_commands,
+    "tests": _merge_tests,
+    "budget": _merge_budget,
+    "tasks": _merge_tasks,
+    "sensitive": _merge_sensitive,
+    "services": _merge_services,
+}

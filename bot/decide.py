@@ -1,0 +1,131 @@
+"""Run ``cibot route``: explain how one task on one diff would be routed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bot.errors import ConfigError, InputError
+from bot.settings import Settings
+from policies.evidence import CiFacts, Evidence, TestFacts, evidence_from_diff
+from policies.loading import load_policy, merge_repo_config
+from policies.model import TASKS, Policy
+from policies.routing import Decision, route
+from workers import tokens
+
+HUMAN = """\
+{task} → {tier} ({model})
+categories:   {categories}
+private_only: {private}
+why:
+{why}"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the flags of ``cibot route``."""
+    parser.add_argument("--diff", required=True, help="unified diff file, or - for stdin")
+    parser.add_argument("--task", required=True, help=f"one of: {', '.join(TASKS)}")
+    parser.add_argument("--config", help="a repo's .github/cibot.yml to merge onto the policy")
+    parser.add_argument("--policy", help="operator policy YAML (default: CIBOT_POLICY or built-in)")
+    parser.add_argument("--facts", help="JSON file of extra facts: repo, labels, ci, tests, ...")
+    parser.add_argument("--json", action="store_true", help="print the decision as JSON")
+
+
+def read_input(name: str) -> bytes:
+    """Read a file, or stdin for '-', as bytes; raise InputError when it cannot be read."""
+    if name == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(name).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {name}: {exc.strerror or exc}") from exc
+
+
+def policy_for(args: argparse.Namespace, settings: Settings) -> Policy:
+    """Load the operator policy and merge the repo config; any config error is fatal here."""
+    path = Path(args.policy) if args.policy else settings.policy_path
+    policy = load_policy(path, overrides=settings.tier_overrides)
+    if not args.config:
+        return policy
+    text = read_input(args.config).decode("utf-8", errors="replace")
+    merged = merge_repo_config(policy, text, source=args.config)
+    if merged.errors:
+        first = merged.errors[0]
+        raise ConfigError(str(first), key=first.key, source=first.source)
+    return merged.policy
+
+
+def facts_from(name: str | None) -> dict[str, Any]:
+    """Read the optional facts file into Evidence keyword arguments."""
+    if not name:
+        return {}
+    try:
+        raw = json.loads(read_input(name))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{name}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    if not isinstance(raw, dict):
+        raise InputError(f"{name}: facts must be a JSON object")
+    try:
+        return _facts(raw)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name}: {exc}") from exc
+
+
+def _facts(raw: dict[str, Any]) -> dict[str, Any]:
+    """Convert a facts object into typed Evidence fields."""
+    facts: dict[str, Any] = {}
+    if "repo" in raw:
+        facts["repo"] = str(raw["repo"])
+    if "labels" in raw:
+        facts["labels"] = frozenset(str(label) for label in raw["labels"])
+    if "ci" in raw:
+        ci = raw["ci"]
+        facts["ci"] = CiFacts(
+            tuple(map(str, ci.get("failed_jobs", ()))), tuple(map(str, ci.get("failed_paths", ())))
+        )
+    if "tests" in raw:
+        tests = raw["tests"]
+        coverage = tests.get("coverage")
+        facts["tests"] = TestFacts(
+            int(tests.get("failed_rounds", 0)), None if coverage is None else float(coverage)
+        )
+    if "removed_symbols" in raw:
+        facts["removed_symbols"] = tuple(map(str, raw["removed_symbols"]))
+    if "frontier_spend_usd" in raw:
+        facts["frontier_spend_usd"] = float(raw["frontier_spend_usd"])
+    if "force_tier" in raw:
+        facts["force_tier"] = str(raw["force_tier"])
+    return facts
+
+
+def render(decision: Decision) -> str:
+    """Explain a decision in one screen."""
+    reasons = decision.reasons or ()
+    why = (
+        "\n".join(f"  - {r.trigger}: {r.evidence}" for r in reasons)
+        or "  - default tier, no trigger fired"
+    )
+    return HUMAN.format(
+        task=decision.task,
+        tier=decision.tier,
+        model=decision.model,
+        categories=", ".join(decision.categories) or "none",
+        private="yes" if decision.private_only else "no",
+        why=why,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Route the task and print the decision."""
+    if args.task not in TASKS:
+        raise InputError(f"unknown task '{args.task}': choose one of {', '.join(TASKS)}")
+    settings = Settings.from_env()
+    policy = policy_for(args, settings)
+    facts = facts_from(args.facts)
+    evidence: Evidence = evidence_from_diff(read_input(args.diff), count=tokens.count, **facts)
+    decision = route(args.task, evidence, policy)
+    print(json.dumps(decision.to_json(), indent=2) if args.json else render(decision))
+    return 0
