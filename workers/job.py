@@ -28,7 +28,9 @@ class JobRef:
         """Return the idempotency key: (head SHA, or delivery id, and task)."""
         anchor = self.head_sha or self.delivery_id
         extra = self.args.get("command", "")
-        return f"{self.repo}#{self.pr_number}:{anchor}:{self.task}{':' + str(extra) if extra else ''}"
+        return (
+            f"{self.repo}#{self.pr_number}:{anchor}:{self.task}{':' + str(extra) if extra else ''}"
+        )
 
     def to_kwargs(self) -> dict[str, Any]:
         """Return the JSON-safe keyword arguments for a Celery message."""
