@@ -53,10 +53,19 @@ class Tier(Frozen):
     price: TierPrice = TierPrice()
 
 
+TriggerName = Literal[
+    "sensitive_change",
+    "multi_service_failure",
+    "breaking_api_surface",
+    "tests_failed_twice",
+    "coverage_below_target",
+]
+
+
 class Escalation(Frozen):
     """Name a trigger and the tier the task moves to when it fires."""
 
-    trigger: str
+    trigger: TriggerName
     to: TierName
 
 

@@ -90,13 +90,28 @@ class _Draft:
 
 def route(task: str, evidence: Evidence, policy: Policy) -> Decision:
     """Route one task on this evidence under this policy; no I/O, deterministic."""
-    if task not in TASKS:
-        raise InputError(f"unknown task '{task}': choose one of {', '.join(TASKS)}")
+    return route_many((task,), evidence, policy)[0]
+
+
+def route_many(tasks: Iterable[str], evidence: Evidence, policy: Policy) -> list[Decision]:
+    """Route several tasks on the same evidence, running the shared detectors once."""
+    tasks = tuple(tasks)
+    for task in tasks:
+        if task not in TASKS:
+            raise InputError(f"unknown task '{task}': choose one of {', '.join(TASKS)}")
+    found = list(detectors.sensitive(evidence, policy))
+    residency = list(detectors.private_only(evidence, policy))
+    return [_route_one(task, evidence, policy, found, residency) for task in tasks]
+
+
+def _route_one(
+    task: str, evidence: Evidence, policy: Policy, found: list[Reason], residency: list[Reason]
+) -> Decision:
+    """Apply the routing table's rules, in order, to one task."""
     spec = policy.tasks[task]  # type: ignore[index]
     draft = _Draft(task=task, tier=spec.tier, human=spec.human_review)
     if spec.tier != "local":
         draft.reasons.append(Reason("task_default", f"{task} runs on {spec.tier} by policy"))
-    found = list(detectors.sensitive(evidence, policy))
     categories = tuple(sorted({r.category for r in found if r.category}))
     for escalation in spec.escalate:
         fired = (
@@ -109,7 +124,6 @@ def route(task: str, evidence: Evidence, policy: Policy) -> Decision:
     _apply_request(draft, evidence)
     _apply_history(draft, evidence, policy)
     _apply_context(draft, evidence, policy)
-    residency = list(detectors.private_only(evidence, policy))
     _apply_budget(draft, evidence, policy, pinned=bool(residency))
     _apply_residency(draft, policy, residency)
     return _finish(draft, policy, categories, private=bool(residency))
