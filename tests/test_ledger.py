@@ -90,8 +90,14 @@ class FakeCall:
 
 def ref(pr: int = 7, sha: str = "a" * 40, task: str = "summary") -> JobRef:
     """Build a model-task JobRef."""
-    return JobRef(task=task, installation_id=42, repo="acme/app", delivery_id=f"d-{pr}",
-                  pr_number=pr, head_sha=sha)
+    return JobRef(
+        task=task,
+        installation_id=42,
+        repo="acme/app",
+        delivery_id=f"d-{pr}",
+        pr_number=pr,
+        head_sha=sha,
+    )
 
 
 def calls() -> list[CallInput]:
@@ -119,22 +125,35 @@ def test_a_job_finishes_once_even_when_recorded_twice(ledger: Ledger) -> None:
     job = ref()
     assert ledger.start_job(job, tier="local", triggers=["sensitive_path", "sensitive_path"])
     assert ledger.job(job.key())["status"] == RUNNING  # type: ignore[index]
-    result = JobResult(status=SUCCEEDED, tier="mid", model="anthropic/sonnet", calls=calls(),
-                       fallbacks=1, fallback_reasons=["invalid_output"], comment_id=99)
+    result = JobResult(
+        status=SUCCEEDED,
+        tier="mid",
+        model="anthropic/sonnet",
+        calls=calls(),
+        fallbacks=1,
+        fallback_reasons=["invalid_output"],
+        comment_id=99,
+    )
     assert ledger.finish_job(job, result, at=T0)
     assert not ledger.finish_job(job, result, at=T0 + timedelta(seconds=5))
     assert not ledger.start_job(job, tier="local")  # a redelivery cannot reopen it
     row = ledger.job(job.key())
     assert row is not None
     assert (row["status"], row["tier_path"], row["fallbacks"], row["attempts"]) == (
-        SUCCEEDED, "local>mid", 1, 1)
+        SUCCEEDED,
+        "local>mid",
+        1,
+        1,
+    )
     assert row["triggers"] == "sensitive_path"
     assert row["api_cost_usd"] == pytest.approx(0.02)
     assert row["private_tokens"] == 1200
     jobs, rows, _ = ledger.rows()
     assert len(jobs) == 1
     assert [(c.tier, c.private, c.tokens) for c in rows] == [
-        ("local", True, 1200), ("mid", False, 1300)]
+        ("local", True, 1200),
+        ("mid", False, 1300),
+    ]
 
 
 def test_concurrent_finishers_record_one_set_of_calls(ledger: Ledger) -> None:
@@ -147,8 +166,9 @@ def test_concurrent_finishers_record_one_set_of_calls(ledger: Ledger) -> None:
 
     def finish(target: Ledger) -> None:
         barrier.wait()
-        wins.append(target.finish_job(job, JobResult(status=SUCCEEDED, tier="local",
-                                                     calls=calls()[:1])))
+        wins.append(
+            target.finish_job(job, JobResult(status=SUCCEEDED, tier="local", calls=calls()[:1]))
+        )
 
     threads = [threading.Thread(target=finish, args=(x,)) for x in (ledger, second)]
     for thread in threads:
@@ -166,8 +186,12 @@ def test_failure_keeps_its_reason_and_a_later_success_replaces_it(ledger: Ledger
     ledger.start_job(job, tier="local")
     ledger.hold_job(job, reason="waiting for the private model", error_kind="PrivateTierDown")
     assert ledger.job(job.key())["status"] == HELD  # type: ignore[index]
-    ledger.finish_job(job, JobResult(status=FAILED, error_kind="GitHubValidation",
-                                     error="422 from GitHub: body too long"))
+    ledger.finish_job(
+        job,
+        JobResult(
+            status=FAILED, error_kind="GitHubValidation", error="422 from GitHub: body too long"
+        ),
+    )
     row = ledger.job(job.key())
     assert row is not None
     assert (row["status"], row["error_kind"]) == (FAILED, "GitHubValidation")
@@ -184,15 +208,23 @@ def test_drop_records_a_stale_job(ledger: Ledger) -> None:
 def test_no_code_or_secret_text_reaches_the_database(ledger: Ledger, database_url: str) -> None:
     """Redactions are counted by kind; their text is never stored."""
     secret = "AKIAIOSFODNN7EXAMPLE"
-    record = FakeCall("mid", "anthropic/sonnet", 10, 5, 0.001,
-                      redactions=(Redaction("AWSKeyDetector", secret),
-                                  Redaction("AWSKeyDetector", secret + "2")))
+    record = FakeCall(
+        "mid",
+        "anthropic/sonnet",
+        10,
+        5,
+        0.001,
+        redactions=(Redaction("AWSKeyDetector", secret), Redaction("AWSKeyDetector", secret + "2")),
+    )
     call = CallInput.of(record)
     assert (call.redactions, call.redaction_kinds) == (2, "AWSKeyDetector")
     ledger.finish_job(ref(), JobResult(status=SUCCEEDED, tier="mid", calls=[call]))
     with ledger.engine.connect() as conn:
-        dumped = [str(row) for table in Base.metadata.sorted_tables
-                  for row in conn.execute(sa.select(table))]
+        dumped = [
+            str(row)
+            for table in Base.metadata.sorted_tables
+            for row in conn.execute(sa.select(table))
+        ]
     assert dumped
     assert not any(secret in line for line in dumped)
 
@@ -204,10 +236,12 @@ def test_outcomes_and_feedback_are_deduplicated(ledger: Ledger) -> None:
     assert not ledger.record_outcome(outcome="merged", delivery_id="x1", **args)
     with pytest.raises(ValueError, match="outcome must be one of"):
         ledger.record_outcome(outcome="approved", delivery_id="x2", **args)
-    assert ledger.record_feedback(key="c99:+1:bob", signal="reaction", value=1,
-                                  comment_id=99, task="summary", **args)
-    assert not ledger.record_feedback(key="c99:+1:bob", signal="reaction", value=1,
-                                      comment_id=99, task="summary", **args)
+    assert ledger.record_feedback(
+        key="c99:+1:bob", signal="reaction", value=1, comment_id=99, task="summary", **args
+    )
+    assert not ledger.record_feedback(
+        key="c99:+1:bob", signal="reaction", value=1, comment_id=99, task="summary", **args
+    )
     assert len(ledger.rows()[2]) == 1
 
 
@@ -216,13 +250,35 @@ def test_acceptance_and_frontier_spend_feed_routing(ledger: Ledger) -> None:
     for pr, vote in ((1, 1), (2, -1), (3, 1)):
         job = ref(pr=pr)
         ledger.start_job(job, tier="local")
-        ledger.finish_job(job, JobResult(status=SUCCEEDED, tier="local", comment_id=100 + pr,
-                                         calls=[CallInput(tier="local", model="m")]), at=T0)
-        ledger.record_feedback(key=f"k{pr}", installation_id=42, repo="acme/app", pr_number=pr,
-                               signal="reaction", value=vote, comment_id=100 + pr)
+        ledger.finish_job(
+            job,
+            JobResult(
+                status=SUCCEEDED,
+                tier="local",
+                comment_id=100 + pr,
+                calls=[CallInput(tier="local", model="m")],
+            ),
+            at=T0,
+        )
+        ledger.record_feedback(
+            key=f"k{pr}",
+            installation_id=42,
+            repo="acme/app",
+            pr_number=pr,
+            signal="reaction",
+            value=vote,
+            comment_id=100 + pr,
+        )
     frontier = ref(pr=9, task="review")
-    ledger.finish_job(frontier, JobResult(status=SUCCEEDED, tier="frontier", calls=[
-        CallInput(tier="frontier", model="opus", cost_usd=1.5)]), at=T0)
+    ledger.finish_job(
+        frontier,
+        JobResult(
+            status=SUCCEEDED,
+            tier="frontier",
+            calls=[CallInput(tier="frontier", model="opus", cost_usd=1.5)],
+        ),
+        at=T0,
+    )
     assert ledger.acceptance(installation_id=42) == {"summary": (2, 3)}
     assert ledger.frontier_spend(installation_id=42, since=T0 - timedelta(days=1)) == 1.5
     assert ledger.frontier_spend(installation_id=42, since=T0 + timedelta(days=1)) == 0.0
@@ -240,10 +296,23 @@ def test_installations_are_upserted(ledger: Ledger) -> None:
 def test_rows_respect_the_window(ledger: Ledger) -> None:
     """Jobs and calls are selected by time; outcomes up to the end of the window."""
     for days, pr in ((0, 1), (10, 2)):
-        ledger.finish_job(ref(pr=pr), JobResult(status=SUCCEEDED, tier="local", calls=[
-            CallInput(tier="local", model="m", prompt_tokens=5)]), at=T0 + timedelta(days=days))
-    ledger.record_outcome(installation_id=42, repo="acme/app", pr_number=1, outcome="merged",
-                          delivery_id="o1", at=T0 + timedelta(days=20))
+        ledger.finish_job(
+            ref(pr=pr),
+            JobResult(
+                status=SUCCEEDED,
+                tier="local",
+                calls=[CallInput(tier="local", model="m", prompt_tokens=5)],
+            ),
+            at=T0 + timedelta(days=days),
+        )
+    ledger.record_outcome(
+        installation_id=42,
+        repo="acme/app",
+        pr_number=1,
+        outcome="merged",
+        delivery_id="o1",
+        at=T0 + timedelta(days=20),
+    )
     jobs, rows, outcomes = ledger.rows(since=T0 + timedelta(days=5), until=T0 + timedelta(days=15))
     assert [j.pr_number for j in jobs] == [2]
     assert len(rows) == 1
@@ -262,8 +331,10 @@ def test_a_bad_url_names_the_variable(tmp_path: Path) -> None:
 def test_workers_migrate_concurrently_without_errors(database_url: str) -> None:
     """Several worker processes opening a fresh ledger at once all succeed."""
     code = "import sys; from workers.ledger import Ledger; Ledger(sys.argv[1]).close()"
-    procs = [subprocess.Popen([sys.executable, "-c", code, database_url],
-                              stderr=subprocess.PIPE) for _ in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, database_url], stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
     errors = [p.communicate(timeout=60)[1].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], errors
     opened = Ledger(database_url, migrate=False)

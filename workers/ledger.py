@@ -29,6 +29,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
     text,
     update,
@@ -367,7 +368,7 @@ class Ledger:
             return bool(result.rowcount)
 
     def finish_job(self, ref: JobRef, result: JobResult, *, at: datetime | None = None) -> bool:
-        """Close the job and insert its model calls in one transaction, exactly once.
+        """Close the job exactly once, adding ``result.calls`` and totalling every call it made.
 
         Returns False, writing nothing, when the job had already succeeded: a duplicate
         delivery must not add a second set of calls or costs.
@@ -380,6 +381,8 @@ class Ledger:
                     JobRecord.job_key == ref.key()
                 )
             ).one()
+            # The conditional update is the claim: it row-locks, so a concurrent finisher
+            # waits and then sees the job already succeeded.
             changed = conn.execute(
                 update(JobRecord)
                 .where(JobRecord.job_key == ref.key(), JobRecord.status != SUCCEEDED)
@@ -387,7 +390,12 @@ class Ledger:
             ).rowcount
             if not changed:
                 return False
-            self._insert_calls(conn, ref, result, attempt=int(started.attempts), at=at)
+            self._insert_calls(conn, ref, result, attempt=f"{started.attempts}f", at=at)
+            conn.execute(
+                update(JobRecord)
+                .where(JobRecord.job_key == ref.key())
+                .values(**_totals(conn, ref.key()))
+            )
             return True
 
     def record_calls(
@@ -623,21 +631,12 @@ def _job_values(ref: JobRef, status: str, tier: str, at: datetime) -> dict[str, 
 
 def _finish_values(result: JobResult, at: datetime, started: datetime | None) -> dict[str, Any]:
     """Return the columns that close a job."""
-    api = sum(c.cost_usd for c in result.calls if c.tier not in result.private_tiers)
-    private = sum(
-        c.prompt_tokens + c.completion_tokens
-        for c in result.calls
-        if c.tier in result.private_tiers
-    )
     return {
         "status": result.status,
         "tier": result.tier,
         "model": result.model[:255],
-        "tier_path": tier_path(c.tier for c in result.calls)[:128],
         "fallbacks": result.fallbacks,
         "fallback_reasons": json.dumps(list(result.fallback_reasons))[:512],
-        "api_cost_usd": api,
-        "private_tokens": private,
         "comment_id": result.comment_id,
         "error_kind": result.error_kind[:64],
         "error": result.error[:ERROR_LIMIT],
@@ -646,12 +645,31 @@ def _finish_values(result: JobResult, at: datetime, started: datetime | None) ->
     }
 
 
+def _totals(conn: Connection, job_key: str) -> dict[str, Any]:
+    """Total every recorded call of a job: API cost, private tokens and the tier path."""
+    rows = conn.execute(
+        select(
+            ModelCallRecord.tier,
+            ModelCallRecord.private,
+            ModelCallRecord.cost_usd,
+            ModelCallRecord.prompt_tokens + ModelCallRecord.completion_tokens,
+        )
+        .where(ModelCallRecord.job_key == job_key)
+        .order_by(ModelCallRecord.id)
+    ).all()
+    return {
+        "api_cost_usd": sum(cost for _, private, cost, _ in rows if not private),
+        "private_tokens": sum(tokens for _, private, _, tokens in rows if private),
+        "tier_path": tier_path(tier for tier, *_ in rows)[:128],
+    }
+
+
 def _insert_ignore(conn: Connection, model: type[Base], values: Mapping[str, Any]) -> bool:
     """Insert a row unless its unique key exists; return whether it was inserted."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     statement = dialect.insert(model).values(**values).on_conflict_do_nothing()
     # RETURNING, not rowcount: psycopg reports the implicit RETURNING's count unreliably here.
-    keys = model.__table__.primary_key.columns
+    keys = inspect(model).primary_key
     return conn.execute(statement.returning(*keys)).first() is not None
 
 
