@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import pathspec
+from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
 
 from policies import deps
 from policies.evidence import Evidence, FileChange
@@ -33,7 +34,8 @@ class GlobSet:
     def __init__(self, globs: Iterable[str]) -> None:
         """Compile the globs through pathspec, then join them into one alternation."""
         self.globs = tuple(globs)
-        spec = pathspec.PathSpec.from_lines("gitwildmatch", self.globs)
+        # GitIgnoreSpecPattern is what the deprecated "gitwildmatch" name maps to in pathspec 1.x.
+        spec = pathspec.PathSpec.from_lines(GitIgnoreSpecPattern, self.globs)
         regexes = [getattr(pattern, "regex", None) for pattern in spec.patterns]
         parts = [
             f"(?P<g{index}>{NAMED_GROUP.sub('(?:', regex.pattern)})"
@@ -50,6 +52,18 @@ class GlobSet:
         if found is None or found.lastgroup is None:
             return None
         return self.globs[int(found.lastgroup[1:])]
+
+
+def check_globs(globs: tuple[str, ...]) -> tuple[str, ...]:
+    """Return the globs unchanged, or raise ValueError naming the first that cannot compile."""
+    for glob in globs:
+        try:
+            GlobSet((glob,))
+        except (ValueError, re.error) as exc:
+            raise ValueError(
+                f"glob {glob!r} is not a valid gitignore-style pattern ({exc})"
+            ) from exc
+    return globs
 
 
 @dataclass(frozen=True)
@@ -249,15 +263,21 @@ def private_only(evidence: Evidence, policy: Policy) -> Iterator[Reason]:
     """Yield a reason for each repo, path or label that pins the data to private tiers."""
     residency = policy.private_only
     for pattern in residency.repos:
-        if evidence.repo and fnmatch.fnmatchcase(evidence.repo, pattern):
-            yield Reason("private_only", f"repo '{evidence.repo}' matches '{pattern}'")
+        # GitHub repo names are case-insensitive; an unnamed repo still matches the "*" that a
+        # repo's own `private_only: {repo: true}` sets.
+        if fnmatch.fnmatchcase(evidence.repo.casefold(), pattern.casefold()):
+            yield Reason(
+                "private_only", f"repo '{evidence.repo or '(this repo)'}' matches '{pattern}'"
+            )
             break
     globs = compiled(policy).private_paths
     for change in evidence.files:
         glob = globs.match(change.path) or globs.match(change.old_path or "")
         if glob is not None:
             yield Reason("private_only", f"{change.path} matches private_only path '{glob}'")
-    for label in sorted(evidence.labels & set(residency.labels)):
+    # GitHub label names are case-insensitive, so "Private-Only" must pin as "private-only" does.
+    pinned = {label.casefold() for label in residency.labels}
+    for label in sorted(label for label in evidence.labels if label.casefold() in pinned):
         yield Reason("private_only", f"PR label '{label}'")
 
 

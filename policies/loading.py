@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, TypeAdapter, ValidationError, field_validator
+from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, field_validator
 
 from bot.errors import ConfigError
+from policies import detectors
 from policies.model import Category, ContentRule, Frozen, Policy, Service, TaskName
 
 DEFAULT_SOURCE = "policies/default.yaml"
@@ -51,10 +52,47 @@ def validation_message(exc: ValidationError, *, source: str) -> tuple[str, str]:
 def build_policy(data: Mapping[str, Any], *, source: str) -> Policy:
     """Validate a mapping into a Policy, or raise ConfigError naming the bad key."""
     try:
-        return Policy.model_validate(dict(data))
+        policy = Policy.model_validate(dict(data))
     except ValidationError as exc:
         key, message = validation_message(exc, source=source)
         raise ConfigError(message, key=key, source=source) from exc
+    check_compiles(policy, source=source)
+    return policy
+
+
+def _compile_errors(policy: Policy) -> Iterator[tuple[str, str]]:
+    """Yield (dotted key, problem) for each glob or pattern that does not compile."""
+    globs = {"private_only.paths": policy.private_only.paths}
+    globs.update({f"services.{name}.paths": svc.paths for name, svc in policy.services.items()})
+    for name, rules in policy.sensitive.items():
+        globs[f"sensitive.{name}.paths"] = rules.paths
+        for index, rule in enumerate(rules.content):
+            globs[f"sensitive.{name}.content.{index}.paths"] = rule.paths
+            try:
+                re.compile(rule.pattern)
+            except re.error as exc:
+                key = f"sensitive.{name}.content.{index}.pattern"
+                yield key, f"{rule.pattern[:40]!r} is not a valid regex ({exc})"
+    for key, values in globs.items():
+        try:
+            detectors.check_globs(values)
+        except ValueError as exc:
+            yield key, str(exc)
+
+
+def check_compiles(policy: Policy, *, source: str) -> None:
+    """Compile every glob and pattern now, so a bad one fails at load time, not mid-route."""
+    for key, problem in _compile_errors(policy):
+        raise ConfigError(f"{source}: key '{key}': {problem}", key=key, source=source)
+    try:
+        detectors.compiled(policy)
+    except (ValueError, re.error) as exc:
+        raise ConfigError(
+            f"{source}: key 'sensitive': the content patterns cannot be combined ({exc}); "
+            "drop named groups and backreferences",
+            key="sensitive",
+            source=source,
+        ) from exc
 
 
 def load_policy(path: Path | None = None, *, overrides: Mapping[str, Any] | None = None) -> Policy:
@@ -111,14 +149,17 @@ OPERATOR_ONLY = {
     "history": "acceptance floors come only from the operator's policy",
     "version": "the policy version is the operator's",
 }
-NESTED_QUANTIFIER = re.compile(r"\([^()]*[+*}]\)\s*[+*{]")
+# A quantified group holding a quantifier anywhere, e.g. (a+)+ or (\w+\s?)+, can backtrack
+# exponentially (https://owasp.org/www-community/attacks/Regular_expression_Denial_of_Service_-_ReDoS).
+NESTED_QUANTIFIER = re.compile(r"\([^()]*[+*}][^()]*\)\s*[+*{]")
+Globs = Annotated[tuple[str, ...], AfterValidator(detectors.check_globs)]
 
 
 class _RepoPrivateOnly(Frozen):
     """Let a repo add private_only paths and labels, or pin the whole repo private."""
 
     repo: bool = False
-    paths: tuple[str, ...] = ()
+    paths: Globs = ()
     labels: tuple[str, ...] = ()
 
 
@@ -161,15 +202,27 @@ class _RepoTask(Frozen):
     enabled: bool | None = None
 
 
+class _RepoContentRule(ContentRule):
+    """Check a repo content rule's path globs."""
+
+    paths: Globs = ()
+
+
+class _RepoService(Service):
+    """Check a repo service's path globs."""
+
+    paths: Globs = ()
+
+
 class _RepoCategory(Frozen):
     """Let a repo add sensitive paths and content patterns (never remove them)."""
 
-    paths: tuple[str, ...] = ()
-    content: tuple[ContentRule, ...] = ()
+    paths: Globs = ()
+    content: tuple[_RepoContentRule, ...] = ()
 
     @field_validator("content")
     @classmethod
-    def _safe_patterns(cls, rules: tuple[ContentRule, ...]) -> tuple[ContentRule, ...]:
+    def _safe_patterns(cls, rules: tuple[_RepoContentRule, ...]) -> tuple[_RepoContentRule, ...]:
         """Reject patterns that do not compile or could backtrack catastrophically."""
         for rule in rules:
             if len(rule.pattern) > 300 or NESTED_QUANTIFIER.search(rule.pattern):
@@ -194,7 +247,7 @@ REPO_KEYS: dict[str, Any] = {
     "budget": _RepoBudget,
     "tasks": dict[TaskName, _RepoTask],
     "sensitive": dict[Category, _RepoCategory],
-    "services": dict[str, Service],
+    "services": dict[str, _RepoService],
 }
 
 
@@ -221,10 +274,14 @@ def merge_repo_config(
         if error is not None:
             errors.append(error)
     try:
-        return MergeResult(Policy.model_validate(merged), tuple(errors))
+        result = Policy.model_validate(merged)
+        check_compiles(result, source=source)
     except ValidationError as exc:
         bad, message = validation_message(exc, source=source)
         return MergeResult(policy, (*errors, ConfigError(message, key=bad, source=source)))
+    except ConfigError as exc:
+        return MergeResult(policy, (*errors, exc))
+    return MergeResult(result, tuple(errors))
 
 
 def _merge_key(
@@ -266,8 +323,9 @@ def _merge_private_only(merged: dict[str, Any], value: _RepoPrivateOnly, repo: s
     residency = merged["private_only"]
     residency["paths"] = _union(residency["paths"], value.paths)
     residency["labels"] = _union(residency["labels"], value.labels)
-    if value.repo and repo:
-        residency["repos"] = _union(residency["repos"], [repo])
+    if value.repo:
+        # The merged policy serves only this repo, so "*" pins it even when no name is known.
+        residency["repos"] = _union(residency["repos"], [repo or "*"])
 
 
 def _merge_review(merged: dict[str, Any], value: _RepoReview, repo: str) -> None:
