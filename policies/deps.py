@@ -21,6 +21,9 @@ TOML_ASSIGN = re.compile(
 PACKAGE_JSON = re.compile(r"""^\s*"(@?[A-Za-z0-9][\w./-]*)"\s*:\s*"[\^~=>< ]*v?([0-9][^"]*)\"""")
 GO_MOD = re.compile(r"^\s*(?:require\s+)?([a-z0-9.-]+\.[a-z]{2,}/[^\s]+)\s+v([0-9][^\s]*)")
 NAME_MAJOR = re.compile(r"/v(\d+)$")
+# Keys that version the package itself or its toolchain, not a dependency: a release bump of
+# `version = "2.0.0"` or `edition = "2021"` is no breaking upgrade of anything the code uses.
+NOT_DEPENDENCIES = frozenset({"version", "edition", "rust-version", "requires-python"})
 
 MANIFESTS: tuple[tuple[re.Pattern[str], tuple[re.Pattern[str], ...]], ...] = (
     (re.compile(r"(^|/)requirements[^/]*\.(txt|in)$"), (REQUIREMENT,)),
@@ -61,7 +64,8 @@ def version_tuple(version: str) -> tuple[int, ...]:
 def classify(old: str, new: str) -> str:
     """Classify old → new as major, minor, patch, downgrade or other.
 
-    Under semver's 0.x rule (npm and Cargo caret semantics) a 0.y → 0.z bump is major.
+    Under semver's 0.x rule (npm and Cargo caret semantics) a 0.y → 0.z bump is major, and
+    so is 0.0.y → 0.0.z, since ^0.0.y admits only 0.0.y.
     """
     a, b = version_tuple(old), version_tuple(new)
     if not a or not b:
@@ -69,7 +73,7 @@ def classify(old: str, new: str) -> str:
     a, b = a + (0,) * (3 - len(a)), b + (0,) * (3 - len(b))
     if b < a:
         return "downgrade"
-    if b[0] != a[0] or (a[0] == 0 and b[1] != a[1]):
+    if b[0] != a[0] or (a[0] == 0 and (b[1] != a[1] or (a[1] == 0 and b[2] != a[2]))):
         return "major"
     if b[1] != a[1]:
         return "minor"
@@ -89,7 +93,8 @@ def _versions(path: str, lines: Iterable[tuple[int, str]]) -> dict[str, tuple[st
         for pattern in patterns:
             match = pattern.search(text)
             if match:
-                found[_normalise(match.group(1))] = (match.group(2), number)
+                if match.group(1) not in NOT_DEPENDENCIES:
+                    found[_normalise(match.group(1))] = (match.group(2), number)
                 break
     return found
 
