@@ -12,7 +12,7 @@ from bot.errors import ConfigError, InputError
 from bot.settings import Settings
 from policies.evidence import CiFacts, Evidence, TestFacts, evidence_from_diff
 from policies.loading import load_policy, merge_repo_config
-from policies.model import TASKS, Policy
+from policies.model import TASKS, TIER_ORDER, Policy
 from policies.routing import Decision, route
 from workers import tokens
 
@@ -66,6 +66,8 @@ def facts_from(name: str | None) -> dict[str, Any]:
         raw = json.loads(read_input(name))
     except json.JSONDecodeError as exc:
         raise InputError(f"{name}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    except ValueError as exc:  # bytes that are not UTF-8, UTF-16 or UTF-32
+        raise InputError(f"{name}: not valid JSON text ({exc})") from exc
     if not isinstance(raw, dict):
         raise InputError(f"{name}: facts must be a JSON object")
     try:
@@ -74,30 +76,47 @@ def facts_from(name: str | None) -> dict[str, Any]:
         raise InputError(f"{name}: {exc}") from exc
 
 
+def _strings(value: Any, key: str) -> tuple[str, ...]:
+    """Return a JSON list as strings; a bare string would be split into characters, so refuse it."""
+    if not isinstance(value, list):
+        raise ValueError(f"'{key}' must be a list of strings")
+    return tuple(map(str, value))
+
+
+def _object(value: Any, key: str) -> dict[str, Any]:
+    """Return a JSON object, or refuse anything else."""
+    if not isinstance(value, dict):
+        raise ValueError(f"'{key}' must be an object")
+    return value
+
+
 def _facts(raw: dict[str, Any]) -> dict[str, Any]:
     """Convert a facts object into typed Evidence fields."""
     facts: dict[str, Any] = {}
     if "repo" in raw:
         facts["repo"] = str(raw["repo"])
     if "labels" in raw:
-        facts["labels"] = frozenset(str(label) for label in raw["labels"])
+        facts["labels"] = frozenset(_strings(raw["labels"], "labels"))
     if "ci" in raw:
-        ci = raw["ci"]
+        ci = _object(raw["ci"], "ci")
         facts["ci"] = CiFacts(
-            tuple(map(str, ci.get("failed_jobs", ()))), tuple(map(str, ci.get("failed_paths", ())))
+            _strings(ci.get("failed_jobs", []), "ci.failed_jobs"),
+            _strings(ci.get("failed_paths", []), "ci.failed_paths"),
         )
     if "tests" in raw:
-        tests = raw["tests"]
+        tests = _object(raw["tests"], "tests")
         coverage = tests.get("coverage")
         facts["tests"] = TestFacts(
             int(tests.get("failed_rounds", 0)), None if coverage is None else float(coverage)
         )
     if "removed_symbols" in raw:
-        facts["removed_symbols"] = tuple(map(str, raw["removed_symbols"]))
+        facts["removed_symbols"] = _strings(raw["removed_symbols"], "removed_symbols")
     if "frontier_spend_usd" in raw:
         facts["frontier_spend_usd"] = float(raw["frontier_spend_usd"])
     if "force_tier" in raw:
-        facts["force_tier"] = str(raw["force_tier"])
+        if raw["force_tier"] not in TIER_ORDER:
+            raise ValueError(f"'force_tier' must be one of {', '.join(TIER_ORDER)}")
+        facts["force_tier"] = raw["force_tier"]
     return facts
 
 
