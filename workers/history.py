@@ -148,7 +148,7 @@ def replay(
         decisions = route_many(tasks_for(evidence.files), evidence, policy)
         for decision in decisions:
             _price(tally, decision, evidence, policy, prices)
-        _note_sensitive(tally, change, decisions[0])
+        _note_sensitive(tally, change, decisions)
     return tally
 
 
@@ -172,16 +172,22 @@ def _price(
     tally.tokens_by_tier[decision.tier] += prompt + output
     if decision.tier in prices and not policy.tiers[decision.tier].private:
         cost = api_call_cost(*prices[decision.tier], prompt, output)
-        tally.api_cost_by_tier[decision.tier] = tally.api_cost_by_tier.get(decision.tier, 0.0) + cost
-    tally.frontier_only_cost += api_call_cost(*prices["frontier"], prompt, output)
+        tally.api_cost_by_tier[decision.tier] = (
+            tally.api_cost_by_tier.get(decision.tier, 0.0) + cost
+        )
+    if "frontier" in prices:  # a private frontier tier has no API price to compare against
+        tally.frontier_only_cost += api_call_cost(*prices["frontier"], prompt, output)
     tally.frontier_only_tokens += prompt + output
 
 
-def _note_sensitive(tally: Tally, change: Change, decision: Decision) -> None:
+def _note_sensitive(tally: Tally, change: Change, decisions: list[Decision]) -> None:
     """Remember a change that touched a sensitive subsystem, with its first evidence."""
+    decision = decisions[0]
     if not decision.categories:
         return
-    evidence = [r.evidence for r in decision.reasons if r.trigger.startswith("sensitive_")][:3]
+    # Whichever tasks escalate on sensitive_change carry the evidence; keep three, once each.
+    found = (r.evidence for d in decisions for r in d.reasons if r.trigger.startswith("sensitive_"))
+    evidence = list(dict.fromkeys(found))[:3] or ["(no task escalates on sensitive changes)"]
     tally.sensitive.append(
         {"commit": change.sha[:12], "categories": list(decision.categories), "evidence": evidence}
     )
