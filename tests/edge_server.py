@@ -1,0 +1,110 @@
+"""Run the webhook edge on loopback for tests, sign deliveries, and read the queue."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from bot.intake import QUEUE, Intake
+from bot.server import create_app
+from bot.settings import Settings
+from bot.webhooks import sign
+from policies.model import Policy
+from tests.services import free_port, wait_for_port
+
+FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
+SECRET = "It's a Secret to Everybody"
+
+
+def fixture(name: str) -> dict[str, Any]:
+    """Return a webhook fixture, e.g. ``pull_request.opened``, as a dict."""
+    data: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
+    return data
+
+
+def headers_for(body: bytes, *, event: str, delivery: str, secret: str = SECRET) -> dict[str, str]:
+    """Return the headers GitHub sends with a signed delivery."""
+    return {
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery,
+        "X-Hub-Signature-256": sign(body, secret=secret),
+        "Content-Type": "application/json",
+        "User-Agent": "GitHub-Hookshot/044aadd",
+    }
+
+
+def delivery(name: str, delivery_id: str, **changes: Any) -> tuple[bytes, dict[str, str]]:
+    """Return (body, headers) for a fixture, with top-level keys replaced by ``changes``."""
+    payload = {**fixture(name), **changes}
+    body = json.dumps(payload).encode()
+    return body, headers_for(body, event=name.split(".")[0], delivery=delivery_id)
+
+
+@dataclass
+class EdgeServer:
+    """Serve ``create_app`` with uvicorn in a thread on a free loopback port."""
+
+    settings: Settings
+    policy: Policy
+    intake: Intake | None = None
+    debounce_seconds: float = 30.0
+    port: int = field(default_factory=free_port)
+    server: uvicorn.Server | None = None
+    thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """Return the base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> EdgeServer:
+        """Build the app and serve it until stop()."""
+        app = create_app(
+            self.settings,
+            self.policy,
+            enqueue=self.intake,
+            debounce_seconds=self.debounce_seconds,
+        )
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        """Shut the server down and wait for it."""
+        if self.server is not None and self.thread is not None:
+            self.server.should_exit = True
+            self.thread.join(timeout=15)
+        self.server = None
+        self.thread = None
+
+
+def queued(redis_url: str, queue: str = QUEUE) -> list[dict[str, Any]]:
+    """Return the Celery messages waiting on a queue, oldest first, decoded.
+
+    kombu's Redis transport LPUSHes each message onto a list named after the queue,
+    and workers pop from the other end, so the list read backwards is arrival order.
+    """
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        raw = client.lrange(queue, 0, -1)
+    finally:
+        client.close()
+    messages = []
+    for item in reversed(raw):
+        message = json.loads(item)
+        args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        messages.append({"headers": message["headers"], "args": args, "kwargs": kwargs})
+    return messages
