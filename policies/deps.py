@@ -26,7 +26,8 @@ NAME_MAJOR = re.compile(r"/v(\d+)$")
 NOT_DEPENDENCIES = frozenset({"version", "edition", "rust-version", "requires-python"})
 
 MANIFESTS: tuple[tuple[re.Pattern[str], tuple[re.Pattern[str], ...]], ...] = (
-    (re.compile(r"(^|/)requirements[^/]*\.(txt|in)$"), (REQUIREMENT,)),
+    # requirements*.txt, and pip-tools' requirements/<name>.in and .txt layout.
+    (re.compile(r"(^|/)requirements([^/]*|/[^/]+)\.(txt|in)$"), (REQUIREMENT,)),
     (re.compile(r"(^|/)pyproject\.toml$"), (PEP508_QUOTED, TOML_ASSIGN)),
     (re.compile(r"(^|/)package\.json$"), (PACKAGE_JSON,)),
     (re.compile(r"(^|/)go\.mod$"), (GO_MOD,)),
