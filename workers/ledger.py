@@ -239,6 +239,9 @@ class CallInput:
         kinds: list[str] = []
         if isinstance(raw, int):
             count = raw
+        elif isinstance(raw, Mapping):  # {kind: count}
+            count = sum(int(v) for v in raw.values())
+            kinds = sorted(str(k)[:40] for k, v in raw.items() if v)
         else:
             items = list(raw or ())
             count = len(items)
@@ -283,6 +286,16 @@ def now() -> datetime:
 def as_utc(value: datetime) -> datetime:
     """Return ``value`` as an aware UTC datetime (SQLite hands back naive ones)."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def job_key(ref: JobRef) -> str:
+    """Return the job's identity: ``JobRef.key()``, plus the delivery for an explicit request.
+
+    A comment command (``/cibot summary``) asks for the work again on purpose, so each
+    request is its own job; everything else is one job per (head SHA or delivery, task).
+    """
+    key = ref.key()
+    return f"{key}@{ref.delivery_id}" if ref.args.get("command") else key
 
 
 def tier_path(tiers: Iterable[str]) -> str:
@@ -332,7 +345,7 @@ class Ledger:
             _insert_ignore(conn, JobRecord, _job_values(ref, QUEUED, tier, at))
             result = conn.execute(
                 update(JobRecord)
-                .where(JobRecord.job_key == ref.key(), JobRecord.status.not_in(FINAL))
+                .where(JobRecord.job_key == job_key(ref), JobRecord.status.not_in(FINAL))
                 .values(
                     status=RUNNING,
                     tier=tier,
@@ -351,7 +364,7 @@ class Ledger:
         with self.engine.begin() as conn:
             conn.execute(
                 update(JobRecord)
-                .where(JobRecord.job_key == ref.key(), JobRecord.status.not_in(FINAL))
+                .where(JobRecord.job_key == job_key(ref), JobRecord.status.not_in(FINAL))
                 .values(status=HELD, error_kind=error_kind[:64], error=reason[:ERROR_LIMIT])
             )
 
@@ -362,7 +375,7 @@ class Ledger:
             _insert_ignore(conn, JobRecord, _job_values(ref, QUEUED, "", at))
             result = conn.execute(
                 update(JobRecord)
-                .where(JobRecord.job_key == ref.key(), JobRecord.status.not_in(FINAL))
+                .where(JobRecord.job_key == job_key(ref), JobRecord.status.not_in(FINAL))
                 .values(status=DROPPED, error=reason[:ERROR_LIMIT], finished_at=at)
             )
             return bool(result.rowcount)
@@ -378,14 +391,14 @@ class Ledger:
             _insert_ignore(conn, JobRecord, _job_values(ref, QUEUED, result.tier, at))
             started = conn.execute(
                 select(JobRecord.started_at, JobRecord.attempts).where(
-                    JobRecord.job_key == ref.key()
+                    JobRecord.job_key == job_key(ref)
                 )
             ).one()
             # The conditional update is the claim: it row-locks, so a concurrent finisher
             # waits and then sees the job already succeeded.
             changed = conn.execute(
                 update(JobRecord)
-                .where(JobRecord.job_key == ref.key(), JobRecord.status != SUCCEEDED)
+                .where(JobRecord.job_key == job_key(ref), JobRecord.status != SUCCEEDED)
                 .values(**_finish_values(result, at, started.started_at))
             ).rowcount
             if not changed:
@@ -393,8 +406,8 @@ class Ledger:
             self._insert_calls(conn, ref, result, attempt=f"{started.attempts}f", at=at)
             conn.execute(
                 update(JobRecord)
-                .where(JobRecord.job_key == ref.key())
-                .values(**_totals(conn, ref.key()))
+                .where(JobRecord.job_key == job_key(ref))
+                .values(**_totals(conn, job_key(ref)))
             )
             return True
 
@@ -422,8 +435,8 @@ class Ledger:
                 conn,
                 ModelCallRecord,
                 {
-                    "call_key": f"{ref.key()}@{attempt}#{index}",
-                    "job_key": ref.key(),
+                    "call_key": f"{job_key(ref)}@{attempt}#{index}",
+                    "job_key": job_key(ref),
                     "installation_id": ref.installation_id,
                     "repo": ref.repo,
                     "pr_number": ref.pr_number,
@@ -433,6 +446,18 @@ class Ledger:
                     **{k: v for k, v in vars(call).items()},
                 },
             )
+
+    def comments(self, *, repo: str, pr_number: int) -> list[tuple[str, int]]:
+        """Return (task, comment id) for every result the bot posted on a PR."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(JobRecord.task, JobRecord.comment_id).where(
+                    JobRecord.repo == repo,
+                    JobRecord.pr_number == pr_number,
+                    JobRecord.comment_id.is_not(None),
+                )
+            ).all()
+        return sorted({(str(task), int(cid)) for task, cid in rows if cid is not None})
 
     def job(self, key: str) -> dict[str, Any] | None:
         """Return one job row as a dict, or None."""
@@ -616,7 +641,7 @@ def _fix(values: dict[str, Any]) -> dict[str, Any]:
 def _job_values(ref: JobRef, status: str, tier: str, at: datetime) -> dict[str, Any]:
     """Return the identifying columns of a new job row."""
     return {
-        "job_key": ref.key(),
+        "job_key": job_key(ref),
         "task": ref.task,
         "installation_id": ref.installation_id,
         "repo": ref.repo,

@@ -1,0 +1,628 @@
+"""Run cibot's jobs as plain functions, with no Celery imports.
+
+A model job goes through the steps gather → route → pack → complete → validate →
+escalate → publish → record, split over three queue hops so that each runs on the pool
+sized for it:
+
+- ``dispatch`` (github queue): drop a superseded job, gather and route, queue the job on
+  its tier's queue (or post "needs a human"). Edge tasks (outcomes, feedback,
+  installations, commands) go to their job module instead.
+- ``run_job`` (tier queue): under a Redis ``SET NX`` lock on ``JobRef.key()``, gather and
+  route again (only identifiers cross the queue), pack the prompt, complete it on the
+  model tier with validation and escalation, record every call, and store the result.
+- ``publish`` (github queue): upsert the result by its marker and close the job in the
+  ledger, exactly once. A GitHub outage or rate limit is retried here without calling the
+  model again.
+
+A job is idempotent at every hop: a done marker, a stored result and the ledger's
+exactly-once ``finish_job`` make a redelivered or retried message leave one result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Protocol, cast
+
+from bot.errors import CibotError, ConfigError, InvalidOutput, ModelError, PrivateTierDown
+from bot.settings import Settings
+from policies.evidence import Evidence
+from policies.loading import REPO_SOURCE, merge_repo_config
+from policies.model import Policy, TaskPolicy
+from policies.routing import Decision, route
+from workers.celery_app import GITHUB, PUBLISH, RUN_JOB, queue_for_tier
+from workers.job import EDGE_TASKS, MODEL_TASKS, JobRef
+from workers.ledger import FAILED, SUCCEEDED, CallInput, JobResult, Ledger, job_key
+
+log = logging.getLogger("cibot.pipeline")
+
+SUPERSEDE = "supersede"  # JobRef arg set by the edge on debounced jobs (bot.events)
+RESULT_TTL_S = 7 * 24 * 3600
+DONE_TTL_S = 30 * 24 * 3600
+PUBLISH_LOCK_TTL_S = 60
+
+# ---- text the bot posts --------------------------------------------------------------------
+
+WAITING_TEMPLATE = """\
+⏳ **cibot is waiting for the private model** to write the {task} for `{sha}`.
+This pull request's data must stay on self-hosted models and none is answering right now.
+Nothing was sent to an external model; cibot retries on its own and will replace this note.
+{marker}"""
+
+HUMAN_TEMPLATE = """\
+🧑‍💻 **This {task} needs a person.** cibot routed it to a human reviewer rather than a model.
+
+{reasons}
+{marker}"""
+
+FAILED_TEMPLATE = """\
+⚠️ **cibot could not finish the {task}** for `{sha}`: {reason}.
+Comment `/cibot {task}` to try again.
+{marker}"""
+
+
+class Outcome(StrEnum):
+    """Say what one pipeline step did."""
+
+    QUEUED = "queued"  # dispatch queued the model job
+    COMPUTED = "computed"  # run_job stored a result and asked for it to be published
+    PUBLISHED = "published"
+    RECORDED = "recorded"  # a bookkeeping or command job finished
+    STALE = "stale"  # superseded by a newer head SHA: dropped
+    DUPLICATE = "duplicate"  # already done: nothing to do
+    BUSY = "busy"  # another worker holds the job: try again shortly
+    IGNORED = "ignored"  # no job module, or the task is disabled
+
+
+# ---- the ports the pipeline talks through ---------------------------------------------------
+
+
+class GitHubPort(Protocol):
+    """The part of bot.github.GitHubClient the pipeline and jobs use."""
+
+    def pull(self, repo: str, number: int) -> Any:
+        """Return PullInfo."""
+
+    def pull_diff(self, repo: str, number: int) -> str:
+        """Return the PR's unified diff."""
+
+    def pull_files(self, repo: str, number: int) -> list[Any]:
+        """Return the PR's FileInfo list."""
+
+    def default_branch_file(self, repo: str, path: str) -> str | None:
+        """Return a file from the default branch, or None."""
+
+    def upsert_comment(self, repo: str, number: int, *, marker: str, body: str) -> int:
+        """Edit the comment carrying ``marker`` or create it; return its id."""
+
+    def comment_reactions(self, repo: str, comment_id: int) -> dict[str, int]:
+        """Return reaction counts on an issue comment."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class ModelPort(Protocol):
+    """The part of workers.llm.ModelClient the pipeline uses."""
+
+    def complete(
+        self,
+        tier: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        schema: dict[str, Any] | None = None,
+        validate: Callable[[Any], None] | None = None,
+        private_only: bool,
+        installation_id: int,
+        task: str = "",
+        delivery_id: str = "",
+    ) -> Any:
+        """Return a Completion (.text, .data, .tier, .model, .calls, .fallbacks, ...)."""
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """Hold what a job read from GitHub: the PR, its diff, and the routing evidence."""
+
+    pull: Any
+    diff: str
+    evidence: Evidence
+    policy: Policy
+    files: tuple[Any, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """Hold one model request: messages, an optional JSON schema and a validator."""
+
+    messages: list[dict[str, str]]
+    schema: dict[str, Any] | None = None
+    validate: Callable[[Any], None] | None = None
+
+
+class JobModule(Protocol):
+    """The shape of a model job module in ``workers/jobs/`` (see workers.jobs.summary)."""
+
+    MARKER: str
+    SUPERSEDABLE: bool
+
+    def gather(self, github: GitHubPort, ref: JobRef, policy: Policy) -> Gathered:
+        """Read the PR and build the routing evidence."""
+
+    def request(self, gathered: Gathered, decision: Decision) -> ModelRequest:
+        """Pack the prompt for the decided tier."""
+
+    def validate(self, gathered: Gathered, data: Any) -> None:
+        """Raise ValueError when the reply is not usable (unanchored, empty)."""
+
+    def render(
+        self, gathered: Gathered, decision: Decision, completion: Any, cost_usd: float
+    ) -> dict[str, Any]:
+        """Return the JSON-safe payload to publish."""
+
+    def publish(self, github: GitHubPort, ref: JobRef, payload: Mapping[str, Any]) -> int:
+        """Post the payload (upsert by marker); return the posted object's id."""
+
+
+@dataclass
+class Runtime:
+    """Hold one worker process's adapters; built once, shared by its threads."""
+
+    settings: Settings
+    policy: Policy
+    redis: Any
+    ledger: Ledger
+    github: Callable[[int], GitHubPort]
+    model: Callable[[Callable[[Any], None]], ModelPort]
+    send: Callable[[str, JobRef, str], None]
+    lock_ttl_s: float
+    spent: Callable[[int], float] = lambda _installation_id: 0.0
+    closers: list[Callable[[], None]] = field(default_factory=list)
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        policy: Policy,
+        *,
+        send: Callable[[str, JobRef, str], None],
+        lock_ttl_s: float,
+    ) -> Runtime:
+        """Connect the real adapters: Redis, the ledger, the GitHub App and the model client."""
+        import redis
+
+        from bot.github import GitHubApp
+        from workers.budget import Budget
+        from workers.llm import ModelClient
+
+        app = GitHubApp.from_settings(settings)
+        budget = Budget(settings.redis_url)
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+        )
+        ledger = Ledger(settings.database_url)
+        return cls(
+            settings=settings,
+            policy=policy,
+            redis=client,
+            ledger=ledger,
+            github=lambda installation_id: app.client(installation_id=installation_id),
+            model=lambda recorder: ModelClient(policy, settings, budget, recorder=recorder),
+            send=send,
+            lock_ttl_s=lock_ttl_s,
+            spent=budget.spent,
+            closers=[client.close, budget.close, ledger.close, app.close],
+        )
+
+    def close(self) -> None:
+        """Close every connection the runtime opened."""
+        for close in self.closers:
+            with contextlib.suppress(Exception):
+                close()
+
+
+@dataclass
+class Deadline:
+    """Enforce a soft time limit between steps (thread pools cannot interrupt a task)."""
+
+    seconds: float
+    started: float = field(default_factory=time.monotonic)
+
+    def check(self, step: str) -> None:
+        """Raise TimeoutError when the limit has passed before ``step``."""
+        if time.monotonic() - self.started > self.seconds:
+            raise TimeoutError(f"the {self.seconds:.0f}s soft time limit passed before {step}")
+
+
+# ---- small helpers --------------------------------------------------------------------------
+
+
+def log_fields(ref: JobRef, tier: str = "", **extra: Any) -> dict[str, Any]:
+    """Return the structured log fields every line carries."""
+    return {
+        "delivery_id": ref.delivery_id,
+        "installation_id": ref.installation_id,
+        "task": ref.task,
+        "tier": tier,
+        "repo": ref.repo,
+        "pr": ref.pr_number,
+        **extra,
+    }
+
+
+def state_key(ref: JobRef, part: str) -> str:
+    """Return the Redis key holding one piece of a job's state."""
+    return f"cibot:job:{job_key(ref)}:{part}"
+
+
+def head_key(repo: str, pr_number: int) -> str:
+    """Return the edge's newest-head key for a PR (the contract in bot.intake)."""
+    return f"cibot:head:{repo}#{pr_number}"
+
+
+def job_module(task: str) -> JobModule | None:
+    """Import ``workers.jobs.<task>``, or return None when no such job exists yet."""
+    return cast("JobModule | None", _import(f"workers.jobs.{task}"))
+
+
+def _import(name: str) -> Any:
+    """Import a module, or return None when that very module does not exist."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            return None
+        raise
+
+
+def is_stale(ref: JobRef, rt: Runtime, job: JobModule) -> str | None:
+    """Return the newer head SHA when a newer push supersedes this job, else None."""
+    if not ref.head_sha or ref.pr_number is None:
+        return None
+    if not (ref.args.get(SUPERSEDE) or job.SUPERSEDABLE):
+        return None
+    newest = rt.redis.get(head_key(ref.repo, ref.pr_number))
+    if newest is None:
+        return None
+    newest = newest.decode() if isinstance(newest, bytes) else str(newest)
+    return newest if newest != ref.head_sha else None
+
+
+@contextlib.contextmanager
+def redis_lock(rt: Runtime, key: str, ttl_s: float) -> Iterator[bool]:
+    """Hold ``key`` with SET NX for at most ``ttl_s``; yield whether we got it."""
+    token = uuid.uuid4().hex
+    held = bool(rt.redis.set(key, token, nx=True, px=max(1, int(ttl_s * 1000))))
+    try:
+        yield held
+    finally:
+        if held:
+            _release(rt, key, token)
+
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _release(rt: Runtime, key: str, token: str) -> None:
+    """Delete the lock only if it is still ours (it may have expired and moved on)."""
+    with contextlib.suppress(Exception):
+        rt.redis.eval(_RELEASE, 1, key, token)
+
+
+def repo_policy(github: GitHubPort, repo: str, policy: Policy) -> Policy:
+    """Merge the repo's ``.github/cibot.yml`` onto the policy; bad keys are logged, skipped."""
+    try:
+        text = github.default_branch_file(repo, REPO_SOURCE)
+    except CibotError as exc:
+        log.warning("repo config unreadable", extra={"repo": repo, "error": str(exc)})
+        return policy
+    merged = merge_repo_config(policy, text, repo=repo)
+    for error in merged.errors:
+        log.warning("repo config key skipped", extra={"repo": repo, "error": str(error)})
+    return merged.policy
+
+
+def decide(ref: JobRef, gathered: Gathered, rt: Runtime) -> Decision:
+    """Route the task, adding the ledger's acceptance history and the month's spend."""
+    try:
+        spent = rt.spent(ref.installation_id)
+    except CibotError:
+        spent = float("inf")  # a budget we cannot read counts as spent: stay private
+    forced = ref.args.get("force_tier")
+    evidence = dataclasses.replace(
+        gathered.evidence,
+        acceptance=rt.ledger.acceptance(installation_id=ref.installation_id),
+        frontier_spend_usd=spent,
+        force_tier=str(forced) if forced else gathered.evidence.force_tier,
+    )
+    return route(ref.task, evidence, gathered.policy)
+
+
+def job_cost(calls: Sequence[Any]) -> float:
+    """Sum a job's call costs (the model client prices private calls at the marginal rate)."""
+    return sum(float(call.cost_usd) for call in calls)
+
+
+# ---- dispatch -------------------------------------------------------------------------------
+
+
+def dispatch(ref: JobRef, rt: Runtime) -> Outcome:
+    """Handle one job from the edge: bookkeeping inline, model work onto its tier's queue."""
+    if ref.task == "command":
+        return _command(ref, rt)
+    if ref.task in EDGE_TASKS:
+        from workers.jobs import bookkeeping
+
+        bookkeeping.handle(ref, rt)
+        return Outcome.RECORDED
+    return enqueue_model_job(ref, rt)
+
+
+def _command(ref: JobRef, rt: Runtime) -> Outcome:
+    """Run a comment command; queue the model jobs it asks for."""
+    command = _import("workers.jobs.command")
+    if command is None:
+        log.warning("comment commands are not available in this build", extra=log_fields(ref))
+        return Outcome.IGNORED
+    with contextlib.closing(rt.github(ref.installation_id)) as github:
+        follow: list[JobRef] = command.handle_command(
+            ref, gh=github, policy=rt.policy, ledger=rt.ledger, bot_login=rt.settings.bot_login
+        )
+    for job in follow:
+        enqueue_model_job(job, rt)
+    return Outcome.RECORDED if not follow else Outcome.QUEUED
+
+
+def enqueue_model_job(ref: JobRef, rt: Runtime) -> Outcome:
+    """Route a model job and queue it on its tier's queue (commands call this too)."""
+    job = job_module(ref.task) if ref.task in MODEL_TASKS else None
+    tasks = cast(Mapping[str, TaskPolicy], rt.policy.tasks)
+    if job is None or ref.task not in tasks or not tasks[ref.task].enabled:
+        rt.ledger.drop_job(ref, reason=f"no enabled job for task {ref.task!r}")
+        log.info("job ignored", extra=log_fields(ref))
+        return Outcome.IGNORED
+    if rt.redis.exists(state_key(ref, "done"), state_key(ref, "dispatched")):
+        return Outcome.DUPLICATE
+    newer = is_stale(ref, rt, job)
+    if newer:
+        rt.ledger.drop_job(ref, reason=f"superseded by {newer[:12]}")
+        log.info("stale job dropped", extra=log_fields(ref, newer=newer))
+        return Outcome.STALE
+    with contextlib.closing(rt.github(ref.installation_id)) as github:
+        gathered = job.gather(github, ref, repo_policy(github, ref.repo, rt.policy))
+        decision = decide(ref, gathered, rt)
+        if decision.tier == "human":
+            return _publish_human(ref, rt, job, github, decision)
+    rt.ledger.queue_job(ref, tier=decision.tier)
+    rt.send(RUN_JOB, ref, queue_for_tier(decision.tier, rt.policy))
+    rt.redis.set(state_key(ref, "dispatched"), "1", ex=DONE_TTL_S)
+    log.info("job queued", extra=log_fields(ref, decision.tier))
+    return Outcome.QUEUED
+
+
+def _publish_human(
+    ref: JobRef, rt: Runtime, job: JobModule, github: GitHubPort, decision: Decision
+) -> Outcome:
+    """Tell the PR a person must do this one, and close the job on the human tier."""
+    reasons = "\n".join(f"- `{r.trigger}`: {r.evidence}" for r in decision.reasons)
+    body = HUMAN_TEMPLATE.format(task=ref.task, reasons=reasons, marker=job.MARKER)
+    comment_id = github.upsert_comment(ref.repo, _pr(ref), marker=job.MARKER, body=body)
+    rt.ledger.finish_job(
+        ref, JobResult(status=SUCCEEDED, tier="human", model="human", comment_id=comment_id)
+    )
+    rt.redis.set(state_key(ref, "done"), "1", ex=DONE_TTL_S)
+    return Outcome.PUBLISHED
+
+
+def _pr(ref: JobRef) -> int:
+    """Return the job's PR number, which every model job has."""
+    if ref.pr_number is None:
+        raise ConfigError(f"job {job_key(ref)} has no pull request number", key="pr_number")
+    return ref.pr_number
+
+
+# ---- run_job --------------------------------------------------------------------------------
+
+
+def run_job(ref: JobRef, rt: Runtime, *, deadline: Deadline) -> Outcome:
+    """Compute a model job once, under its lock, and hand the result to ``publish``."""
+    job = job_module(ref.task)
+    if job is None:
+        rt.ledger.drop_job(ref, reason=f"no job module for task {ref.task!r}")
+        return Outcome.IGNORED
+    if rt.redis.exists(state_key(ref, "done")):
+        return Outcome.DUPLICATE
+    with redis_lock(rt, state_key(ref, "lock"), rt.lock_ttl_s) as held:
+        if not held:
+            return Outcome.BUSY
+        if rt.redis.exists(state_key(ref, "done")):
+            return Outcome.DUPLICATE
+        if not rt.redis.exists(state_key(ref, "result")):
+            newer = is_stale(ref, rt, job)
+            if newer:
+                rt.ledger.drop_job(ref, reason=f"superseded by {newer[:12]}")
+                return Outcome.STALE
+            _compute(ref, rt, job, deadline)
+    rt.send(PUBLISH, ref, GITHUB)
+    return Outcome.COMPUTED
+
+
+def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> None:
+    """Gather, route, pack, complete, validate and render; store the result."""
+    calls: list[Any] = []
+    attempt = uuid.uuid4().hex[:12]
+    with contextlib.closing(rt.github(ref.installation_id)) as github:
+        gathered = job.gather(github, ref, repo_policy(github, ref.repo, rt.policy))
+        decision = decide(ref, gathered, rt)
+        rt.ledger.start_job(
+            ref,
+            tier=decision.tier,
+            private_only=decision.private_only,
+            human_review=decision.human_review,
+            worker=rt.worker,
+            triggers=[r.trigger for r in decision.reasons],
+        )
+        deadline.check("the model call")
+        request = job.request(gathered, decision)
+        try:
+            completion = rt.model(calls.append).complete(
+                decision.tier,
+                request.messages,
+                schema=request.schema,
+                validate=request.validate,
+                private_only=decision.private_only,
+                installation_id=ref.installation_id,
+                task=ref.task,
+                delivery_id=ref.delivery_id,
+            )
+            job.validate(gathered, completion.data)
+        except PrivateTierDown as exc:
+            _record_calls(ref, rt, calls, attempt)
+            _hold(ref, rt, job, github, exc)
+            raise
+        except (ModelError, ValueError) as exc:
+            _record_calls(ref, rt, calls, attempt)
+            if isinstance(exc, ValueError):
+                raise InvalidOutput(f"the reply failed validation: {exc}") from exc
+            raise
+    _record_calls(ref, rt, calls, attempt)
+    payload = job.render(gathered, decision, completion, job_cost(completion.calls))
+    result = {
+        "payload": payload,
+        "tier": completion.tier,
+        "model": completion.model,
+        "fallbacks": completion.fallbacks,
+        "fallback_reasons": list(completion.fallback_reasons),
+    }
+    rt.redis.set(state_key(ref, "result"), json.dumps(result), ex=RESULT_TTL_S)
+    log.info(
+        "job computed",
+        extra=log_fields(
+            ref, completion.tier, model=completion.model, fallbacks=completion.fallbacks
+        ),
+    )
+
+
+def _record_calls(ref: JobRef, rt: Runtime, calls: Sequence[Any], attempt: str) -> None:
+    """Write this attempt's model calls to the ledger (they cost money even if it failed)."""
+    if calls:
+        rt.ledger.record_calls(
+            ref,
+            [CallInput.of(c) for c in calls],
+            attempt=attempt,
+            private_tiers=frozenset(rt.policy.private_tiers()),
+        )
+
+
+def _hold(ref: JobRef, rt: Runtime, job: JobModule, github: GitHubPort, exc: Exception) -> None:
+    """Tell the PR the job waits for the private model, and mark it held."""
+    rt.ledger.hold_job(ref, reason=str(exc), error_kind=type(exc).__name__)
+    body = WAITING_TEMPLATE.format(
+        task=ref.task, sha=ref.head_sha[:12] or "this PR", marker=job.MARKER
+    )
+    try:
+        if not rt.redis.exists(state_key(ref, "waiting")):
+            github.upsert_comment(ref.repo, _pr(ref), marker=job.MARKER, body=body)
+            rt.redis.set(state_key(ref, "waiting"), "1", ex=DONE_TTL_S)
+    except CibotError as error:
+        log.warning("waiting note not posted", extra=log_fields(ref, error=str(error)))
+    log.info("job held for the private model", extra=log_fields(ref, "local"))
+
+
+# ---- publish ----------------------------------------------------------------------------------
+
+
+def publish(ref: JobRef, rt: Runtime) -> Outcome:
+    """Post a computed result by upserting its marker, then close the job once."""
+    job = job_module(ref.task)
+    if job is None or rt.redis.exists(state_key(ref, "done")):
+        return Outcome.DUPLICATE
+    raw = rt.redis.get(state_key(ref, "result"))
+    if raw is None:
+        log.warning("no stored result to publish", extra=log_fields(ref))
+        return Outcome.DUPLICATE
+    newer = is_stale(ref, rt, job)
+    if newer:
+        rt.ledger.drop_job(ref, reason=f"superseded by {newer[:12]} before publishing")
+        rt.redis.delete(state_key(ref, "result"))
+        return Outcome.STALE
+    result = json.loads(raw)
+    # One publisher per PR and marker: the upsert reads then writes, and two at once
+    # would both create a comment.
+    lock = f"cibot:publish:{ref.repo}#{ref.pr_number}:{job.MARKER}"
+    with redis_lock(rt, lock, PUBLISH_LOCK_TTL_S) as held:
+        if not held:
+            return Outcome.BUSY
+        if rt.redis.exists(state_key(ref, "done")):
+            return Outcome.DUPLICATE
+        with contextlib.closing(rt.github(ref.installation_id)) as github:
+            posted = job.publish(github, ref, result["payload"])
+        rt.ledger.finish_job(
+            ref,
+            JobResult(
+                status=SUCCEEDED,
+                tier=result["tier"],
+                model=result["model"],
+                fallbacks=result["fallbacks"],
+                fallback_reasons=result["fallback_reasons"],
+                comment_id=posted,
+            ),
+        )
+        rt.redis.set(state_key(ref, "done"), "1", ex=DONE_TTL_S)
+    rt.redis.delete(state_key(ref, "result"), state_key(ref, "waiting"))
+    log.info("job published", extra=log_fields(ref, result["tier"], comment_id=posted))
+    return Outcome.PUBLISHED
+
+
+# ---- failure --------------------------------------------------------------------------------
+
+# Errors the PR hears about: the model side could not produce a result.
+TOLD = (ModelError, TimeoutError)
+
+
+def fail(ref: JobRef, rt: Runtime, exc: BaseException) -> None:
+    """Record a job's permanent failure with its reason, and tell the PR when it helps."""
+    reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    rt.ledger.finish_job(ref, JobResult(status=FAILED, error_kind=type(exc).__name__, error=reason))
+    log.warning("job failed", extra=log_fields(ref, error_kind=type(exc).__name__, error=reason))
+    job = job_module(ref.task) if ref.task in MODEL_TASKS else None
+    if job is None or ref.pr_number is None or not isinstance(exc, TOLD):
+        return
+    body = FAILED_TEMPLATE.format(
+        task=ref.task, sha=ref.head_sha[:12] or "this PR", reason=reason, marker=job.MARKER
+    )
+    try:
+        with contextlib.closing(rt.github(ref.installation_id)) as github:
+            github.upsert_comment(ref.repo, ref.pr_number, marker=job.MARKER, body=body)
+    except CibotError as error:
+        log.warning("failure note not posted", extra=log_fields(ref, error=str(error)))
+
+
+def now() -> datetime:
+    """Return the current UTC time."""
+    return datetime.now(UTC)
+
+
+def nonce() -> str:
+    """Return an unguessable tag for delimiting untrusted text in prompts."""
+    return secrets.token_hex(6)

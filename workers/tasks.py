@@ -1,0 +1,139 @@
+"""Register cibot's thin Celery tasks; each one calls a plain function in workers.pipeline.
+
+Retries: only transient errors (``bot.errors.TRANSIENT``, broker and database hiccups)
+are retried, with full-jitter exponential backoff, a GitHub ``retry_after`` when one is
+given, and a bounded count. Anything else fails fast: the reason goes to the ledger and,
+for model failures, to the PR. Tasks never raise for a failed job, so the message is
+acked; only a retry that cannot reach the broker leaves it unacked, to be redelivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from bot.errors import TRANSIENT, CibotError, RateLimited
+from bot.settings import Settings
+from policies.model import Policy
+from workers import pipeline
+from workers.celery_app import DISPATCH, PUBLISH, RUN_JOB, Timing
+from workers.job import JobRef
+from workers.pipeline import Deadline, Outcome, Runtime
+
+log = logging.getLogger("cibot.tasks")
+
+Step = Callable[[JobRef, Runtime], Outcome]
+
+
+def retryable() -> tuple[type[BaseException], ...]:
+    """Return the exception classes worth retrying: transient cibot errors and hiccups."""
+    import kombu.exceptions
+    import redis.exceptions
+    import sqlalchemy.exc
+
+    return (
+        *TRANSIENT,
+        kombu.exceptions.OperationalError,
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        sqlalchemy.exc.OperationalError,
+    )
+
+
+def backoff(retries: int, exc: BaseException | None, timing: Timing) -> float:
+    """Return the wait before retry number ``retries + 1``: retry-after, else full jitter."""
+    if isinstance(exc, RateLimited) and exc.retry_after > 0:
+        return min(exc.retry_after, timing.retry_max_delay)
+    ceiling = min(timing.retry_max_delay, 2.0 * 2**retries)
+    return random.uniform(0, ceiling)
+
+
+class LazyRuntime:
+    """Build the worker's Runtime on first use, once, even with many threads."""
+
+    def __init__(self, factory: Callable[[], Runtime]) -> None:
+        """Keep the factory; nothing connects until a task runs."""
+        self._factory = factory
+        self._runtime: Runtime | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Runtime:
+        """Return the Runtime, building it the first time."""
+        if self._runtime is None:
+            with self._lock:
+                if self._runtime is None:
+                    self._runtime = self._factory()
+        return self._runtime
+
+
+def register(app: Any, *, settings: Settings, policy: Policy, timing: Timing) -> None:
+    """Register dispatch, run_job and publish on ``app``."""
+
+    def send(name: str, ref: JobRef, queue: str) -> None:
+        app.send_task(name, kwargs=ref.to_kwargs(), queue=queue)
+
+    runtime = LazyRuntime(
+        lambda: Runtime.build(settings, policy, send=send, lock_ttl_s=timing.job.hard)
+    )
+    app.cibot_runtime = runtime  # lets tests and tools reach the worker's adapters
+    steps: dict[str, Step] = {
+        DISPATCH: pipeline.dispatch,
+        RUN_JOB: lambda ref, rt: pipeline.run_job(ref, rt, deadline=Deadline(timing.job.soft)),
+        PUBLISH: pipeline.publish,
+    }
+    for name, step in steps.items():
+        limit = timing.limit_for(name)
+        app.task(
+            name=name,
+            bind=True,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            soft_time_limit=limit.soft,
+            time_limit=limit.hard,
+            max_retries=timing.max_retries,
+        )(_thin(step, runtime, timing))
+
+
+def _thin(step: Step, runtime: LazyRuntime, timing: Timing) -> Callable[..., str]:
+    """Wrap a pipeline step as a task body: rebuild the JobRef, run, retry or record."""
+
+    def task(self: Any, **kwargs: Any) -> str:
+        ref = JobRef.from_kwargs(kwargs)
+        return run_step(self, step, ref, runtime.get(), timing)
+
+    return task
+
+
+def run_step(task: Any, step: Step, ref: JobRef, rt: Runtime, timing: Timing) -> str:
+    """Run one step; retry transient errors and busy jobs, record permanent failures."""
+    retries = int(task.request.retries or 0)
+    try:
+        outcome = step(ref, rt)
+    except retryable() as exc:
+        if retries >= timing.max_retries:
+            pipeline.fail(ref, rt, exc)
+            return "failed"
+        delay = backoff(retries, exc, timing)
+        log.info(
+            "retrying",
+            extra=pipeline.log_fields(
+                ref, error_kind=type(exc).__name__, retry=retries + 1, countdown=delay
+            ),
+        )
+        raise task.retry(exc=exc, countdown=delay) from exc
+    except (CibotError, TimeoutError, ValueError) as exc:
+        pipeline.fail(ref, rt, exc)
+        return "failed"
+    except Exception as exc:  # a bug: record it and keep the worker alive
+        log.exception("job crashed", extra=pipeline.log_fields(ref))
+        pipeline.fail(ref, rt, exc)
+        return "failed"
+    if outcome is Outcome.BUSY:
+        if retries >= timing.max_retries:
+            log.warning("job still busy; giving up", extra=pipeline.log_fields(ref))
+            return str(outcome)
+        raise task.retry(countdown=random.uniform(0.5, 1.0) * timing.retry_max_delay / 4)
+    return str(outcome)
