@@ -32,6 +32,7 @@ from tests.services import free_port
 from workers.budget import Budget
 from workers.llm import (
     REPAIR_PROMPT,
+    REPAIR_TEXT_PROMPT,
     CallRecord,
     ModelClient,
     check_reply,
@@ -372,10 +373,38 @@ def test_private_only_invalid_twice_raises_invalid_output(tmp_path, local, exter
     assert external.requests == []
 
 
+def test_plain_text_reply_failing_its_validator_is_repaired_with_the_text_prompt(
+    tmp_path, local, external
+):
+    mc = client(make_policy(tmp_path, local, external))
+    local.script(lambda body: len(body["messages"]) == 1, "no marker here")
+    local.script(None, "MARKER: fixed")
+
+    def has_marker(text: Any) -> None:
+        if not text.startswith("MARKER:"):
+            raise ValueError("reply must start with MARKER:")
+
+    done = ask(mc, "local", validate=has_marker)
+    assert (done.tier, done.text, done.data) == ("local", "MARKER: fixed", None)
+    repair = local.chat_requests()[1]["messages"][-1]["content"]
+    assert repair == REPAIR_TEXT_PROMPT.format(problem="ValueError: reply must start with MARKER:")
+
+
+def test_unpriced_external_model_is_a_config_error_before_anything_is_sent(
+    tmp_path, local, external
+):
+    policy = make_policy(tmp_path, local, external, mid_tier={"models": ["openai/unpriced-x"]})
+    with pytest.raises(ConfigError, match="price"):
+        ask(client(policy), "mid")
+    assert external.requests == []
+
+
 def test_check_reply_accepts_fenced_json_and_rejects_empty_text():
     assert check_reply('```json\n{"a": 1}\n```', {"type": "object"}, None) == {"a": 1}
     with pytest.raises(InvalidOutput, match="empty"):
         check_reply("   ", None, None)
+    with pytest.raises(InvalidOutput, match="KeyError"):
+        check_reply('{"a": 1}', {"type": "object"}, lambda data: data["missing"])
     with pytest.raises(InvalidOutput, match="schema"):
         check_reply(
             '{"a": "x"}', {"type": "object", "properties": {"a": {"type": "integer"}}}, None
@@ -521,24 +550,27 @@ def test_litellm_exceptions_map_through_one_table():
 
 
 def test_fake_lists_models_and_queues_beyond_max_num_seqs():
-    with FakeModelServer("vllm", latency=0.15, max_num_seqs=2, model_ids=(LOCAL_ID,)) as fake:
-        listed = httpx.get(f"{fake.url}/models").json()
+    latency = 0.3
+    with (
+        FakeModelServer("vllm", latency=latency, max_num_seqs=2, model_ids=(LOCAL_ID,)) as fake,
+        httpx.Client(base_url=fake.url, timeout=10) as http,
+    ):
+        listed = http.get("/models").json()
         assert [m["id"] for m in listed["data"]] == [LOCAL_ID]
         body = {"model": LOCAL_ID, "messages": [{"role": "user", "content": "hi"}]}
+        marked = time.monotonic()
         fake.mark()
-        started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
-            replies = list(
-                pool.map(
-                    lambda _: httpx.post(f"{fake.url}/chat/completions", json=body, timeout=10),
-                    range(6),
-                )
-            )
-        elapsed = time.monotonic() - started
+            replies = list(pool.map(lambda _: http.post("/chat/completions", json=body), range(6)))
+        elapsed = time.monotonic() - marked
+        mean = fake.mean_busy()
+        window = time.monotonic() - marked
         assert all(r.status_code == 200 for r in replies)
         assert replies[0].json()["usage"]["prompt_tokens"] > 0
         assert fake.max_in_flight == 2 and fake.max_queued >= 2
-        assert elapsed >= 0.44  # three waves of two
-        assert 1.2 < fake.mean_busy() <= 2.0
-        unknown = httpx.post(f"{fake.url}/chat/completions", json={**body, "model": "nope"})
+        assert elapsed >= 3 * latency - 0.02  # three waves of two
+        # Busy slot-seconds: six sequences each holding a slot for the latency.
+        assert 6 * latency - 0.05 <= mean * window <= 6 * latency + 0.5
+        assert mean <= 2.0
+        unknown = http.post("/chat/completions", json={**body, "model": "nope"})
         assert unknown.status_code == 404 and unknown.json()["type"] == "NotFoundError"

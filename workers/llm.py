@@ -41,22 +41,12 @@ MODEL_TIERS: tuple[str, ...] = ("local", "mid", "frontier")
 Message = Mapping[str, Any]
 Outcome = Literal["ok", "error", "invalid"]
 
-# Text the bot posts (the job layer publishes these; the markers let it edit them later).
-WAITING_FOR_PRIVATE_MODEL = (
-    "<!-- cibot:waiting-private-model -->\n"
-    "⏳ **Waiting for the private model.** This pull request's data must stay on "
-    "self-hosted models, and none of them is answering right now. Nothing was sent "
-    "to an external model; cibot will retry on its own."
-)
-OVER_BUDGET_NOTE = (
-    "<!-- cibot:over-budget -->\n"
-    "💸 This installation's monthly external-model budget is spent, so this ran on the "
-    "private model instead of {wanted}."
-)
+# Model-facing text (the bot's own PR notes live with the job pipeline).
 REPAIR_PROMPT = (
     "Your previous reply could not be used: {problem}. Reply again with only a JSON "
     "value that matches the requested schema, with no prose and no code fences."
 )
+REPAIR_TEXT_PROMPT = "Your previous reply could not be used: {problem}. Reply again, fixing that."
 
 # litellm exception (by class name, most specific first) → (error kind, cibot error).
 # https://docs.litellm.ai/docs/exception_mapping
@@ -128,6 +118,7 @@ class _Failed(Exception):
     """Carry a failed attempt's kind and cibot error inside the tier loop."""
 
     def __init__(self, kind: str, error: CibotError) -> None:
+        """Keep the reason (fallback vocabulary) and the error to raise if nothing is left."""
         super().__init__(kind)
         self.kind = kind
         self.error = error
@@ -254,8 +245,10 @@ def check_reply(
     if validate is not None:
         try:
             validate(data if schema is not None else text)
-        except ValueError as exc:
-            raise InvalidOutput(str(exc)) from exc
+        except (ValueError, LookupError, TypeError) as exc:
+            # A validator that trips over an odd reply (a missing key, a wrong type) has
+            # found an invalid reply, not a bug: retry or escalate rather than crash the job.
+            raise InvalidOutput(f"{type(exc).__name__}: {exc}"[:300]) from exc
     return data
 
 
@@ -417,15 +410,18 @@ class ModelClient:
 
     def _model(self, name: str, tier: Tier, model: str, request: _Request) -> Completion:
         """Run one model: gate external calls, call, validate, and repair once if private."""
+        if not tier.private:
+            price_per_token(model, tier.price)  # an unpriced API model is a config error: stop
         messages = request.messages if tier.private else self._redacted(request)
         self._check_context(tier, messages, request)
         reserved = 0.0 if tier.private else self._reserve(name, tier, model, messages, request)
         text, data = self._attempt(name, tier, model, messages, request, reserved)
         if isinstance(data, _Failed) and data.kind == "invalid_output" and tier.private:
+            prompt = REPAIR_PROMPT if request.schema is not None else REPAIR_TEXT_PROMPT
             repair = [
                 *messages,
                 {"role": "assistant", "content": text},
-                {"role": "user", "content": REPAIR_PROMPT.format(problem=data.error)},
+                {"role": "user", "content": prompt.format(problem=data.error)},
             ]
             request.pending_reason = "repair"
             text, data = self._attempt(name, tier, model, repair, request, 0.0)
@@ -475,7 +471,8 @@ class ModelClient:
     ) -> tuple[str, Any]:
         """Record a completed call's usage and cost, and validate its reply."""
         latency = self.clock() - started
-        text = str(response.choices[0].message.content or "")
+        choices = getattr(response, "choices", None) or []
+        text = str(choices[0].message.content or "") if choices else ""
         usage = getattr(response, "usage", None)
         prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion = int(getattr(usage, "completion_tokens", 0) or 0)
