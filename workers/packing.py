@@ -151,12 +151,21 @@ class _Hunk:
     """Hold one rendered hunk and what it costs; ``index`` -1 stands for a header-only file."""
 
     ref: HunkRef
-    lines: list[_Line]
+    raw: Any  # the parsed unidiff hunk; None for a header-only file
+    numbered: list[_Line] | None  # its lines as packed, numbered when context was changed
+    keep: int
     section: str
     text: str
     tokens: int
     added: int
     removed: int
+
+    @property
+    def lines(self) -> list[_Line]:
+        """Return the hunk's lines as packed, numbering them on first use."""
+        if self.numbered is None:
+            self.numbered = _trim_context(_number(self.raw), self.keep) if self.raw else []
+        return self.numbered
 
     @property
     def deletion_only(self) -> bool:
@@ -239,7 +248,17 @@ def _check_budget(budget_tokens: int) -> None:
         raise InputError(f"budget_tokens must be a positive number of tokens, got {budget_tokens}")
 
 
-def _parse(diff_text: str | bytes) -> PatchSet:
+@dataclass(frozen=True)
+class _Options:
+    """Carry what every file of one diff is packed with."""
+
+    sensitive: Callable[[str], bool]
+    source: Callable[[str], str | None] | None
+    context_lines: int
+    diff_lines: list[str]  # the diff's own lines, to copy hunks that need no change
+
+
+def _parse(diff_text: str | bytes) -> tuple[PatchSet, list[str]]:
     """Parse a unified diff, tolerating CRLF line ends and bytes that are not UTF-8."""
     if isinstance(diff_text, bytes | bytearray):
         diff_text = bytes(diff_text).decode("utf-8", errors="replace")
@@ -250,7 +269,7 @@ def _parse(diff_text: str | bytes) -> PatchSet:
         raise InputError(f"the input is not a well-formed unified diff: {exc}") from exc
     if not len(patch) and text.strip():
         raise InputError("the input is not a unified diff: no file headers (diff --git, ---/+++)")
-    return patch
+    return patch, text.split("\n")  # unidiff numbers lines split at "\n" alone
 
 
 def _prepare(
@@ -262,27 +281,22 @@ def _prepare(
     """Parse the diff and turn each file into rendered, counted hunks."""
     if context_lines < 0:
         raise InputError(f"context_lines must be 0 or more, got {context_lines}")
-    patch = _parse(diff_text)
-    return [_file(pf, i, sensitive, source, context_lines) for i, pf in enumerate(patch)]
+    patch, lines = _parse(diff_text)
+    options = _Options(sensitive, source, context_lines, lines)
+    return [_file(pf, i, options) for i, pf in enumerate(patch)]
 
 
-def _file(
-    pf: Any,
-    order: int,
-    sensitive: Callable[[str], bool],
-    source: Callable[[str], str | None] | None,
-    context_lines: int,
-) -> _File:
+def _file(pf: Any, order: int, options: _Options) -> _File:
     """Build one file: classify it, render its header and its hunks."""
     path = str(pf.path)
     old = _strip_prefix(str(pf.source_file))
     header = _header(pf)
     skip = _skip_reason(pf, path)
-    lines = None
-    if skip is None and source is not None and not pf.is_removed_file:
-        text = source(path)
-        lines = text.replace("\r\n", "\n").split("\n") if text is not None else None
-    hunks = [] if skip else _hunks(pf, path, lines, context_lines)
+    head = None
+    if skip is None and options.source is not None and not pf.is_removed_file:
+        text = options.source(path)
+        head = text.replace("\r\n", "\n").split("\n") if text is not None else None
+    sensitive = options.sensitive
     return _File(
         path=path,
         order=order,
@@ -293,7 +307,7 @@ def _file(
         skip=skip,
         changed=int(pf.added) + int(pf.removed),
         removed=bool(pf.is_removed_file),
-        hunks=hunks,
+        hunks=[] if skip else _hunks(pf, path, head, options),
     )
 
 
@@ -336,20 +350,46 @@ def _has_marker(hunk: Any) -> bool:
     return any(marker in head for marker in GENERATED_MARKERS)
 
 
-def _hunks(pf: Any, path: str, source: list[str] | None, context_lines: int) -> list[_Hunk]:
+def _hunks(pf: Any, path: str, source: list[str] | None, options: _Options) -> list[_Hunk]:
     """Render a file's hunks with trimmed context, extended to the enclosing definition."""
+    context_lines = options.context_lines
     out: list[_Hunk] = []
     floor = 0  # last new-side line of the previous hunk: extension never reaches above it
     for index, hunk in enumerate(pf):
-        lines = _trim_context(_number(hunk), context_lines)
-        if source is not None:
-            lines = _extend(lines, source, floor)
         section = str(hunk.section_header or "").strip()
-        text = _render(lines, section)
+        lines = None
+        if source is not None or _edge_context(hunk) > context_lines:
+            lines = _trim_context(_number(hunk), context_lines)
+            if source is not None:
+                lines = _extend(lines, source, floor)
+            text = _render(lines, section)
+        else:
+            text = _render_as_is(hunk, section, options.diff_lines)  # git's -U3, 3 kept
+        ref = HunkRef(path, index)
         added, removed = int(hunk.added), int(hunk.removed)
-        out.append(_Hunk(HunkRef(path, index), lines, section, text, count(text), added, removed))
+        tokens = count(text)
+        out.append(_Hunk(ref, hunk, lines, context_lines, section, text, tokens, added, removed))
         floor = int(hunk.target_start) + int(hunk.target_length) - 1
     return out
+
+
+def _edge_context(hunk: Any) -> int:
+    """Return the larger of a hunk's leading and trailing runs of context lines."""
+    kinds = "".join(str(line.line_type) for line in hunk)
+    body = kinds.strip(" \\")
+    lead = len(kinds) - len(kinds.lstrip(" "))
+    trail = len(kinds) - len(kinds.rstrip(" \\")) if body else 0
+    return max(lead, trail)
+
+
+def _render_as_is(hunk: Any, section: str, diff_lines: list[str]) -> str:
+    """Copy a hunk from the diff unchanged, under a header in the same form as ``_render``."""
+    head = (
+        f"@@ -{hunk.source_start},{hunk.source_length} +{hunk.target_start},{hunk.target_length} @@"
+        f"{' ' + section if section else ''}\n"
+    )
+    first, last = hunk[0].diff_line_no, hunk[-1].diff_line_no
+    return head + "\n".join(diff_lines[first - 1 : last]) + "\n"
 
 
 def _number(hunk: Any) -> list[_Line]:
@@ -440,17 +480,22 @@ def _plan(
             policy.append(Omission(f.path, f.skip, len(f.hunks), f.changed))
             continue
         if not f.hunks:
-            wanted.append(_Hunk(HunkRef(f.path, -1), [], "", "", 0, 0, 0))
+            wanted.append(_bare(f))
             continue
         keep = f.sensitive or keep_deletions
         dropped = [h for h in f.hunks if h.deletion_only and not keep]
         if dropped:
             policy.append(Omission(f.path, "deletion_only", len(dropped), _lines(dropped)))
         if len(dropped) == len(f.hunks) and f.removed:
-            wanted.append(_Hunk(HunkRef(f.path, -1), [], "", "", 0, 0, 0))  # say it was deleted
+            wanted.append(_bare(f))  # say the file was deleted
         wanted += [h for h in f.hunks if not h.deletion_only]
         late += [h for h in f.hunks if h.deletion_only and keep]
     return policy, wanted, late
+
+
+def _bare(f: _File) -> _Hunk:
+    """Stand for a file shown by its header alone (a rename, a mode change, a deletion)."""
+    return _Hunk(HunkRef(f.path, -1), None, [], 0, "", "", 0, 0, 0)
 
 
 def _ranked(files: Iterable[_File]) -> list[_File]:
