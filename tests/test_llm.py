@@ -521,6 +521,38 @@ def test_unreachable_budget_store_keeps_work_private(tmp_path, local, external):
         budget.spent(INSTALLATION)
 
 
+def test_client_applies_operator_overrides_to_a_plain_policy(tmp_path, local, external):
+    make_policy(tmp_path, local, external)  # writes policy.yaml
+    plain = load_policy(tmp_path / "policy.yaml")  # no CIBOT_* overrides applied
+    assert plain.tiers["local"].api_base != local.url
+    settings = Settings.from_env(
+        {"CIBOT_LOCAL_API_BASE": local.url, "CIBOT_LOCAL_MODEL": f"hosted_vllm/{QWEN_ID}"}
+    )
+    done = ModelClient(plain, settings).complete(
+        "local", [{"role": "user", "content": "hi"}], private_only=True, installation_id=1
+    )
+    assert done.model == f"hosted_vllm/{QWEN_ID}"
+    assert local.chat_requests()[0]["model"] == QWEN_ID
+
+
+def test_a_model_the_server_does_not_serve_is_a_config_error(tmp_path, local, external):
+    policy = make_policy(tmp_path, local, external, local_tier={"models": ["hosted_vllm/typo"]})
+    records: list[CallRecord] = []
+    with pytest.raises(ConfigError, match="check the model name"):
+        ask(client(policy, records=records), "local", private_only=True)
+    assert [r.error_kind for r in records] == ["not_found"]
+
+
+def test_text_parts_are_redacted_too(tmp_path, local, external):
+    mc = client(make_policy(tmp_path, local, external))
+    parts = [{"type": "text", "text": f"token {GH_TOKEN}"}, {"type": "text", "text": " end"}]
+    done = mc.complete(
+        "frontier", [{"role": "user", "content": parts}], private_only=False, installation_id=1
+    )
+    assert done.redactions == {"github_token": 1}
+    assert GH_TOKEN.encode() not in external.raw_bodies()
+
+
 # -- error mapping --------------------------------------------------------------------
 
 
