@@ -116,6 +116,9 @@ def test_context_reaches_up_to_the_enclosing_function() -> None:
     signature = "    def add(self, line: Line) -> None:\n"
     assert signature not in plain.text
     assert " " + signature in extended.text
+    # git's @@ line already names merge(), so its signature is not repeated as context
+    assert "@@ def merge(first: Invoice, second: Invoice) -> Invoice:\n" in extended.text
+    assert "\n def merge(" not in extended.text
     assert hunk_texts(extended.text) == hunk_texts(FIVE)
     assert_matches_head(extended.text, HEAD, INVOICE)
 

@@ -10,7 +10,8 @@ The rules, in the order they apply:
 - A hunk is kept whole or not at all. Its leading and trailing context is cut to
   ``context_lines``, and when ``source`` gives the head version of the file, the context
   is extended up to the enclosing ``def``/``class``/``func``/``function`` line when that
-  line is within ``ENCLOSING_REACH`` lines above the first change.
+  line is within ``ENCLOSING_REACH`` lines above the first change and git's ``@@`` line
+  does not already name it (git names the nearest top-level line, not a method).
 - The packed text stays a valid unified diff; the note, when anything was left out, is a
   ``#`` line above it.
 
@@ -361,7 +362,7 @@ def _hunks(pf: Any, path: str, source: list[str] | None, options: _Options) -> l
         if source is not None or _edge_context(hunk) > context_lines:
             lines = _trim_context(_number(hunk), context_lines)
             if source is not None:
-                lines = _extend(lines, source, floor)
+                lines = _extend(lines, source, floor, section)
             text = _render(lines, section)
         else:
             text = _render_as_is(hunk, section, options.diff_lines)  # git's -U3, 3 kept
@@ -431,7 +432,7 @@ def _context(lines: Sequence[_Line], keep: int) -> list[_Line]:
     return out
 
 
-def _extend(lines: list[_Line], source: list[str], floor: int) -> list[_Line]:
+def _extend(lines: list[_Line], source: list[str], floor: int, section: str) -> list[_Line]:
     """Prepend context from the head file up to the enclosing definition, when it is near."""
     anchor = next((x for x in lines if x.kind in " +"), None)
     if not lines or anchor is None or anchor.new > len(source):
@@ -444,6 +445,8 @@ def _extend(lines: list[_Line], source: list[str], floor: int) -> list[_Line]:
         if ENCLOSING.match(source[number - 1]):
             if number >= first:
                 return lines  # the definition is already inside the hunk
+            if section and source[number - 1].strip().startswith(section):
+                return lines  # git's @@ line already names it; the lines between cost tokens
             return _prepend(lines, source, number)
     return lines
 
