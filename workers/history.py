@@ -71,10 +71,16 @@ def walk(path: Path, last: int) -> Iterator[Change]:
 
     One `git log -p` process feeds the whole walk, so the cost per commit is parsing,
     not process start-up. Merges are diffed against their first parent: that is the PR.
+    A path that is no repository fails here, before the caller does any other work.
     """
     repo = open_repo(path)
     if not repo.head.is_valid():
         raise InputError(f"{path} has no commits yet")
+    return _stream(repo, last)
+
+
+def _stream(repo: Any, last: int) -> Iterator[Change]:
+    """Run `git log -p` once and split its output, stopping git if the caller stops early."""
     proc = repo.git.log(
         f"-{last}",
         "--first-parent",
