@@ -217,11 +217,24 @@ def test_a_huge_line_without_newlines_is_bounded() -> None:
 
 
 def test_bad_arguments_are_clear_errors() -> None:
-    """Reject a budget or a window that cannot work."""
+    """Reject a budget, a window or a chunk that cannot work."""
     with pytest.raises(InputError, match="budget_tokens"):
         trim([b"x\n"], budget_tokens=0)
     with pytest.raises(InputError, match="window"):
         trim([b"x\n"], budget_tokens=10, window=-1)
+    with pytest.raises(InputError, match="log chunks must be bytes, got int"):
+        trim([b"x\n", 42], budget_tokens=10)  # type: ignore[list-item]
+
+
+def test_text_chunks_and_a_tiny_budget() -> None:
+    """Accept text chunks, and return nothing rather than exceed a budget too small to use."""
+    log = "Traceback (most recent call last):\n  File \"app.py\", line 1\nKeyError: 'x'\n"
+    trimmed = trim([log], budget_tokens=3)  # type: ignore[list-item]
+    assert trimmed.text == ""
+    assert trimmed.tokens == 0
+    assert [(b.kind, b.shown) for b in trimmed.blocks] == [("traceback", False)]
+    assert trimmed.omitted_lines == trimmed.lines_seen == 3
+    assert trim([log], budget_tokens=100).text == log.rstrip("\n")  # type: ignore[list-item]
 
 
 def test_memory_stays_bounded_on_a_large_stream() -> None:

@@ -299,6 +299,8 @@ class _Trimmer:
         """Take the next chunk of the log, of any size."""
         if isinstance(chunk, str):
             chunk = chunk.encode("utf-8", errors="replace")
+        if not isinstance(chunk, bytes | bytearray | memoryview):
+            raise InputError(f"log chunks must be bytes, got {type(chunk).__name__}")
         self.bytes += len(chunk)
         for start in range(0, len(chunk), BLOCK_BYTES):
             self.pending += chunk[start : start + BLOCK_BYTES]
@@ -403,13 +405,16 @@ class _Trimmer:
         blocks = [*self.first, *self.last]
         chosen, shown = _choose(blocks, list(self.ring), budget_tokens, self.window, self.lines)
         text = _render(chosen, self.lines)
+        tokens = count(text)
+        if tokens > budget_tokens:  # not even the "lines omitted" marker fits
+            text, tokens, chosen, shown = "", 0, {}, set()
         return TrimmedLog(
             text=text,
             blocks=tuple(b.public(b in shown) for b in blocks),
             lines_seen=self.lines,
             bytes_seen=self.bytes,
             omitted_lines=self.lines - len(chosen),
-            tokens=count(text),
+            tokens=tokens,
             blocks_seen=self.seen,
         )
 

@@ -107,7 +107,7 @@ class Omission:
 
     path: str
     reason: Reason
-    hunks: int = 0  # hunks left out of this file; 0 when the file has no hunks to count
+    hunks: int = 0  # hunks left out of this file; 0 when the whole file is left out
     lines: int = 0  # changed lines left out
 
 
@@ -359,7 +359,7 @@ def _hunks(pf: Any, path: str, source: list[str] | None, options: _Options) -> l
     for index, hunk in enumerate(pf):
         section = str(hunk.section_header or "").strip()
         lines = None
-        if source is not None or _edge_context(hunk) > context_lines:
+        if source is not None or not len(hunk) or _edge_context(hunk) > context_lines:
             lines = _trim_context(_number(hunk), context_lines)
             if source is not None:
                 lines = _extend(lines, source, floor, section)
