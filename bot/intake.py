@@ -1,24 +1,33 @@
-"""Hand jobs to the Celery broker, dropping duplicate deliveries, with a durable spool.
+"""Queue a delivery's jobs for the workers exactly once, with a durable spool for outages.
 
-The request path does O(1) Redis work per delivery: one ``SET NX`` to claim the
-delivery id, one ``SET`` of the newest head SHA for a debounced job, and one publish
-per job. When Redis cannot take a job the delivery goes to the SQLite spool instead,
-and from then on every delivery does, until the drainer thread has handed the whole
-spool to Redis, so a later delivery never overtakes an earlier one.
+The request path makes one Redis round trip per delivery: a Lua script that claims the
+delivery id (``SET NX`` with a TTL), records the newest head SHA of a PR for debounced
+jobs, and LPUSHes every job's Celery message, all atomically. When Redis cannot take
+it, the delivery goes to the SQLite spool instead, and from then on every delivery
+does, until the drainer thread has handed the whole spool to Redis, so a later
+delivery never overtakes an earlier one.
 
-The edge never imports worker code: it publishes by task name (``cibot.dispatch``)
-on the ``github`` queue. Contract with the worker for debounced jobs (JobRef args
-``supersede``): drop the job when ``GET cibot:head:{repo}#{pr}`` holds a SHA other than
-the job's ``head_sha``.
+The edge never imports worker code: messages name the task (``cibot.dispatch``) and go
+to the ``github`` queue. They are Celery protocol-2 messages built by Celery itself
+(``app.amqp.as_task_v2``) in kombu's Redis envelope, i.e. what ``send_task`` would
+LPUSH; ``send_task`` is not used because kombu builds a Redis client per publish and
+cannot share the claim's round trip (see tests/benchmarks/bench_webhook.py).
+
+Contract with the worker for debounced jobs (JobRef args carry ``supersede``): drop
+the job when ``GET cibot:head:{repo}#{pr}`` holds a SHA other than its ``head_sha``.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -35,13 +44,30 @@ DEDUPE_TTL_SECONDS = 4 * 24 * 3600
 HEAD_TTL_SECONDS = 7 * 24 * 3600
 DEFAULT_DEBOUNCE_SECONDS = 30.0
 
+# KEYS: delivery key, queue list, then one head key per message.
+# ARGV: dedupe TTL, head TTL, then (message, head SHA or "") per message.
+# A script runs atomically: the claim and the jobs land together or not at all.
+ENQUEUE_SCRIPT = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return 0
+end
+for i = 1, #KEYS - 2 do
+  local sha = ARGV[2 + 2 * i]
+  if sha ~= '' then
+    redis.call('SET', KEYS[2 + i], sha, 'EX', ARGV[2])
+  end
+  redis.call('LPUSH', KEYS[2], ARGV[1 + 2 * i])
+end
+return 1
+"""
+
 
 def delivery_key(delivery_id: str) -> str:
     """Return the Redis key that marks a delivery id as seen."""
     return f"cibot:delivery:{delivery_id}"
 
 
-def head_key(repo: str, pr_number: int) -> str:
+def head_key(repo: str, pr_number: int | None) -> str:
     """Return the Redis key holding the newest head SHA the edge saw for a PR."""
     return f"cibot:head:{repo}#{pr_number}"
 
@@ -55,20 +81,21 @@ class Outcome(StrEnum):
     IGNORED = "ignored"
 
 
+@dataclass(frozen=True)
+class Message:
+    """Describe one job to queue: its stable task id, its delay, and whether it debounces."""
+
+    job: JobRef
+    task_id: str
+    countdown: float = 0.0
+    supersede: bool = False
+
+
 class Broker(Protocol):
-    """Take jobs and delivery claims; raise ConnectionError when the broker is down."""
+    """Queue a delivery's messages atomically; raise ConnectionError when it cannot."""
 
-    def claim(self, delivery_id: str) -> bool:
-        """Mark the delivery seen; return False when it had been seen already."""
-
-    def release(self, delivery_id: str) -> None:
-        """Forget a claim, so a redelivery of a delivery we failed to enqueue is not lost."""
-
-    def set_head(self, repo: str, pr_number: int, head_sha: str) -> None:
-        """Record the newest head SHA of a PR."""
-
-    def publish(self, job: JobRef, *, task_id: str, countdown: float) -> None:
-        """Put one job on the queue, to run no sooner than ``countdown`` seconds from now."""
+    def enqueue(self, delivery_id: str, messages: Sequence[Message]) -> bool:
+        """Claim the delivery and queue its messages; False if it was claimed before."""
 
     def ping(self) -> None:
         """Return when the broker answers; raise ConnectionError otherwise."""
@@ -78,7 +105,7 @@ class Broker(Protocol):
 
 
 class Intake:
-    """Accept a delivery's jobs: claim, publish, or spool; drain the spool when Redis is back."""
+    """Accept a delivery's jobs: queue or spool them; drain the spool when Redis is back."""
 
     def __init__(
         self,
@@ -108,65 +135,50 @@ class Intake:
         """Return whether deliveries currently go to the spool."""
         return self._spooling
 
+    def messages(self, delivery_id: str, jobs: Sequence[JobRef]) -> list[Message]:
+        """Return the messages for a delivery's jobs; debounced jobs wait and supersede."""
+        out = []
+        for index, job in enumerate(jobs):
+            debounced = bool(job.args.get(SUPERSEDE)) and job.pr_number is not None
+            countdown = self.debounce_seconds if debounced else 0.0
+            out.append(Message(job, task_id(delivery_id, index), countdown, debounced))
+        return out
+
     def accept(self, delivery_id: str, jobs: Sequence[JobRef]) -> Outcome:
-        """Enqueue a delivery's jobs exactly once, spooling them if the broker is down."""
+        """Queue a delivery's jobs exactly once, spooling them if the broker is down."""
         if not jobs:
             return Outcome.IGNORED
         with self._lock:
             if self._spooling:
-                return self._to_spool(delivery_id, jobs, start=0, claimed=False)
+                return self._to_spool(delivery_id, jobs)
             try:
-                if not self.broker.claim(delivery_id):
-                    return Outcome.DUPLICATE
+                fresh = self.broker.enqueue(delivery_id, self.messages(delivery_id, jobs))
             except ConnectionError:
-                return self._to_spool(delivery_id, jobs, start=0, claimed=False)
-            return self._publish_all(delivery_id, jobs)
-
-    def _publish_all(self, delivery_id: str, jobs: Sequence[JobRef]) -> Outcome:
-        """Publish a claimed delivery's jobs; spool the rest if the broker fails part-way."""
-        for index, job in enumerate(jobs):
-            try:
-                self._publish(job, task_id(delivery_id, index))
-            except ConnectionError:
-                return self._to_spool(delivery_id, jobs[index:], start=index, claimed=True)
-            except Exception:
-                # A bug, not an outage: free the claim so a redelivery is not a duplicate.
-                with suppress(Exception):
-                    self.broker.release(delivery_id)
-                raise
-        return Outcome.ENQUEUED
+                return self._to_spool(delivery_id, jobs)
+            return Outcome.ENQUEUED if fresh else Outcome.DUPLICATE
 
     def drain(self) -> int:
-        """Publish one batch of spooled jobs in order; return how many the broker took.
+        """Queue one batch of spooled deliveries in order; return how many were queued.
 
-        Raises ConnectionError when the broker fails part-way; what was published
-        before that is already marked done.
+        Raises ConnectionError when the broker fails; deliveries queued before that
+        are already marked done.
         """
-        published = 0
+        queued = 0
         with self._lock:
-            entries = self.spool.pending(self._batch)
-            claimed: set[str] = set()
-            dropped: set[str] = set()
-            for entry in entries:
-                if entry.delivery_id in dropped:
-                    continue
-                if not entry.claimed and entry.delivery_id not in claimed:
-                    if not self.broker.claim(entry.delivery_id):
-                        self.spool.drop_delivery(entry.delivery_id)
-                        dropped.add(entry.delivery_id)
-                        continue
-                    self.spool.mark_claimed(entry.delivery_id)
-                    claimed.add(entry.delivery_id)
-                self._publish(entry.job, entry.task_id)
-                self.spool.mark_done(entry.seq)
-                published += 1
-            if len(entries) < self._batch and self.spool.depth() == 0:
+            batch = self.spool.pending(self._batch)
+            for entries in batch:
+                delivery_id = entries[0].delivery_id
+                jobs = [entry.job for entry in entries]
+                if self.broker.enqueue(delivery_id, self.messages(delivery_id, jobs)):
+                    queued += 1
+                self.spool.mark_done(delivery_id)
+            if len(batch) < self._batch and self.spool.depth() == 0:
                 self._spooling = False
                 log.info(
                     "spool drained; deliveries go to the broker again",
                     extra=log_fields(task="spool"),
                 )
-        return published
+        return queued
 
     def start(self) -> None:
         """Start the drainer thread."""
@@ -203,17 +215,7 @@ class Intake:
         self.broker.close()
         self.spool.close()
 
-    def _publish(self, job: JobRef, task: str) -> None:
-        """Publish one job; a debounced job records its PR's newest head and waits."""
-        countdown = 0.0
-        if job.args.get(SUPERSEDE) and job.pr_number is not None:
-            self.broker.set_head(job.repo, job.pr_number, job.head_sha)
-            countdown = self.debounce_seconds
-        self.broker.publish(job, task_id=task, countdown=countdown)
-
-    def _to_spool(
-        self, delivery_id: str, jobs: Sequence[JobRef], *, start: int, claimed: bool
-    ) -> Outcome:
+    def _to_spool(self, delivery_id: str, jobs: Sequence[JobRef]) -> Outcome:
         """Write jobs to the spool and switch to spooling until the drainer catches up."""
         if not self._spooling:
             log.warning(
@@ -221,7 +223,7 @@ class Intake:
                 extra=log_fields(delivery_id=delivery_id, task="spool"),
             )
         self._spooling = True
-        added = self.spool.append(delivery_id, jobs, start=start, claimed=claimed)
+        added = self.spool.append(delivery_id, jobs)
         return Outcome.SPOOLED if added else Outcome.DUPLICATE
 
     def _run(self) -> None:
@@ -239,14 +241,13 @@ class Intake:
         """Try one drain; return how long to wait before the next try."""
         try:
             self.broker.ping()
-            if self.drain():
-                return 0.0
+            self.drain()
         except ConnectionError:
             return min(max(delay * 2, self._interval), self._max_backoff)
         except Exception:
             log.exception("spool drain failed", extra=log_fields(task="spool"))
             return self._max_backoff
-        return self._interval
+        return 0.0 if self._spooling else self._interval
 
 
 def log_fields(**values: Any) -> dict[str, Any]:
@@ -257,12 +258,12 @@ def log_fields(**values: Any) -> dict[str, Any]:
 
 
 class CeleryBroker:
-    """Publish by task name through a minimal Celery app; claim deliveries in Redis."""
+    """Queue Celery protocol-2 messages on Redis with the delivery claim in one script."""
 
     def __init__(
         self, redis_url: str, *, connect_timeout: float = 0.5, timeout: float = 2.0
     ) -> None:
-        """Connect lazily, with short timeouts and no retries so an outage shows at once."""
+        """Connect lazily, with short timeouts so an outage shows at once."""
         import redis
         from celery import Celery
         from redis.backoff import NoBackoff
@@ -276,55 +277,51 @@ class CeleryBroker:
             # Redis; a Redis that is really down still fails within connect_timeout.
             retry=Retry(NoBackoff(), 1),
         )
+        self._script = self._redis.register_script(ENQUEUE_SCRIPT)
+        # Only used to build messages exactly as send_task would; it never connects.
         self._celery = Celery("cibot-edge", broker=redis_url, set_as_current=False)
-        self._celery.conf.update(
-            broker_connection_retry=False,
-            broker_connection_retry_on_startup=False,
-            broker_connection_timeout=connect_timeout,
-            broker_connection_max_retries=0,
-            broker_transport_options={
-                "socket_connect_timeout": connect_timeout,
-                "socket_timeout": timeout,
-                "retry_on_timeout": False,
-            },
-            task_publish_retry=True,
-            task_publish_retry_policy={
-                "max_retries": 1,
-                "interval_start": 0,
-                "interval_step": 0,
-                "interval_max": 0,
-            },
-            task_serializer="json",
-            accept_content=["json"],
+        self._celery.conf.update(task_serializer="json", accept_content=["json"])
+
+    def enqueue(self, delivery_id: str, messages: Sequence[Message]) -> bool:
+        """Claim the delivery and LPUSH its messages atomically; False for a duplicate."""
+        keys = [delivery_key(delivery_id), QUEUE]
+        args: list[str | int] = [DEDUPE_TTL_SECONDS, HEAD_TTL_SECONDS]
+        for message in messages:
+            job = message.job
+            keys.append(head_key(job.repo, job.pr_number))
+            args += [self.envelope(message), job.head_sha if message.supersede else ""]
+        with _translated():
+            return bool(self._script(keys=keys, args=args))
+
+    def envelope(self, message: Message) -> str:
+        """Return the kombu Redis envelope of the Celery message for one job."""
+        job = message.job
+        built = self._celery.amqp.as_task_v2(
+            message.task_id,
+            DISPATCH_TASK,
+            args=(),
+            kwargs=job.to_kwargs(),
+            countdown=message.countdown or None,
+            argsrepr="()",
+            kwargsrepr=f"{job.task} {job.repo}#{job.pr_number} {job.delivery_id}",
         )
-
-    def claim(self, delivery_id: str) -> bool:
-        """Mark the delivery seen with SET NX and a TTL; False when it was already."""
-        with _translated():
-            return bool(
-                self._redis.set(delivery_key(delivery_id), "1", nx=True, ex=DEDUPE_TTL_SECONDS)
-            )
-
-    def release(self, delivery_id: str) -> None:
-        """Delete the delivery's claim."""
-        with _translated():
-            self._redis.delete(delivery_key(delivery_id))
-
-    def set_head(self, repo: str, pr_number: int, head_sha: str) -> None:
-        """Record the PR's newest head SHA for the worker's supersede check."""
-        with _translated():
-            self._redis.set(head_key(repo, pr_number), head_sha, ex=HEAD_TTL_SECONDS)
-
-    def publish(self, job: JobRef, *, task_id: str, countdown: float) -> None:
-        """Send ``cibot.dispatch`` with the job's identifiers on the ``github`` queue."""
-        with _translated():
-            self._celery.send_task(
-                DISPATCH_TASK,
-                kwargs=job.to_kwargs(),
-                queue=QUEUE,
-                task_id=task_id,
-                countdown=countdown or None,
-            )
+        body = json.dumps(built.body).encode("utf-8")
+        return json.dumps(
+            {
+                "body": base64.b64encode(body).decode("ascii"),
+                "content-encoding": "utf-8",
+                "content-type": "application/json",
+                "headers": built.headers,
+                "properties": {
+                    **built.properties,
+                    "delivery_mode": 2,
+                    "delivery_info": {"exchange": "", "routing_key": QUEUE},
+                    "priority": 0,
+                    "body_encoding": "base64",
+                    "delivery_tag": str(uuid.uuid4()),
+                },
+            }
+        )
 
     def ping(self) -> None:
         """Return when Redis answers PING; raise ConnectionError otherwise."""
@@ -332,26 +329,24 @@ class CeleryBroker:
             self._redis.ping()
 
     def close(self) -> None:
-        """Close the Redis pool and the Celery connections."""
+        """Close the Redis pool."""
         self._redis.close()
         self._celery.close()
 
 
 @contextmanager
 def _translated() -> Iterator[None]:
-    """Turn redis-py and kombu connection failures into ConnectionError."""
-    import kombu.exceptions
+    """Turn "Redis cannot take it now" failures into ConnectionError; let bugs surface."""
     import redis
 
-    # Only "cannot take it now" errors spool; anything else is a bug and must surface.
     unavailable = (
         OSError,
         redis.ConnectionError,
         redis.TimeoutError,
+        redis.exceptions.BusyLoadingError,
         redis.exceptions.ReadOnlyError,
         redis.exceptions.OutOfMemoryError,
         redis.exceptions.MaxConnectionsError,
-        kombu.exceptions.OperationalError,
     )
     try:
         yield

@@ -1,15 +1,14 @@
 """Keep deliveries the broker could not take in a durable local SQLite spool.
 
 Why exactly once: each job is one row keyed UNIQUE (delivery_id, job_index), so a
-redelivery, or a re-spool of the jobs left after a partial send, never adds a second
-row. The drainer takes rows in ``seq`` order, publishes one, and marks that one row
-done in its own committed transaction before it touches the next. The only window
-for a duplicate is a crash after the publish and before that commit: the row is then
-published once more on restart, with the same Celery task id (``task_id``) and the
-same JobRef idempotency key, which the worker absorbs by keying its work and
-upserting its output. No row can be lost, since it is marked done only after the
-broker took it. Rows that are done stay for ``KEEP_SECONDS`` so a late redelivery is
-still recognised, then ``purge`` deletes them.
+redelivery while the delivery is spooled never adds a second row. The drainer hands
+the broker whole deliveries in ``seq`` order, and the broker claims the delivery id
+and queues all its jobs in one atomic Redis script (bot.intake). Rows are marked done
+only after that script returned. A crash between the two leaves the rows pending; the
+next drain's script then finds the claim, queues nothing, and the rows are dropped as
+already delivered. Nothing is lost either: a row is marked done only after the broker
+took it. Done rows stay for ``KEEP_SECONDS`` so a late redelivery is still recognised;
+``purge`` deletes them after that.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ CREATE TABLE IF NOT EXISTS spool (
     delivery_id TEXT    NOT NULL,
     job_index   INTEGER NOT NULL,
     job         TEXT    NOT NULL,
-    claimed     INTEGER NOT NULL DEFAULT 0,
     created     REAL    NOT NULL,
     done        REAL,
     UNIQUE (delivery_id, job_index)
@@ -49,7 +47,6 @@ class Entry:
     delivery_id: str
     job_index: int
     job: JobRef
-    claimed: bool
 
     @property
     def task_id(self) -> str:
@@ -77,49 +74,40 @@ class Spool:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
 
-    def append(
-        self, delivery_id: str, jobs: Sequence[JobRef], *, start: int = 0, claimed: bool = False
-    ) -> int:
-        """Spool jobs ``start``.. of a delivery; return how many rows were new."""
+    def append(self, delivery_id: str, jobs: Sequence[JobRef]) -> int:
+        """Spool a delivery's jobs in one transaction; return how many rows were new."""
         rows = [
-            (delivery_id, start + i, json.dumps(job.to_kwargs()), int(claimed), time.time())
-            for i, job in enumerate(jobs)
+            (delivery_id, index, json.dumps(job.to_kwargs()), time.time())
+            for index, job in enumerate(jobs)
         ]
         with self._lock, self._transaction():
             before = self._db.total_changes
             self._db.executemany(
-                "INSERT OR IGNORE INTO spool (delivery_id, job_index, job, claimed, created)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO spool (delivery_id, job_index, job, created)"
+                " VALUES (?, ?, ?, ?)",
                 rows,
             )
             return self._db.total_changes - before
 
-    def pending(self, limit: int = 100) -> list[Entry]:
-        """Return up to ``limit`` jobs not yet handed to the broker, oldest first."""
+    def pending(self, deliveries: int = 50) -> list[list[Entry]]:
+        """Return the oldest ``deliveries`` pending deliveries, each as its list of jobs."""
         with self._lock:
-            cursor = self._db.execute(
-                "SELECT seq, delivery_id, job_index, job, claimed FROM spool"
-                " WHERE done IS NULL ORDER BY seq LIMIT ?",
-                (limit,),
-            )
-            rows = cursor.fetchall()
-        return [
-            Entry(seq, delivery, index, JobRef.from_kwargs(json.loads(job)), bool(claimed))
-            for seq, delivery, index, job, claimed in rows
-        ]
+            rows = self._db.execute(
+                "SELECT seq, delivery_id, job_index, job FROM spool"
+                " WHERE done IS NULL AND delivery_id IN ("
+                "   SELECT delivery_id FROM spool WHERE done IS NULL"
+                "   GROUP BY delivery_id ORDER BY min(seq) LIMIT ?)"
+                " ORDER BY seq",
+                (deliveries,),
+            ).fetchall()
+        grouped: dict[str, list[Entry]] = {}
+        for seq, delivery, index, job in rows:
+            entry = Entry(seq, delivery, index, JobRef.from_kwargs(json.loads(job)))
+            grouped.setdefault(delivery, []).append(entry)
+        return list(grouped.values())
 
-    def mark_done(self, seq: int) -> None:
-        """Record that the broker took the job in row ``seq``; committed before returning."""
-        with self._lock, self._transaction():
-            self._db.execute("UPDATE spool SET done = ? WHERE seq = ?", (time.time(), seq))
-
-    def mark_claimed(self, delivery_id: str) -> None:
-        """Record that the delivery's dedupe key is ours, for every row of the delivery."""
-        with self._lock, self._transaction():
-            self._db.execute("UPDATE spool SET claimed = 1 WHERE delivery_id = ?", (delivery_id,))
-
-    def drop_delivery(self, delivery_id: str) -> None:
-        """Mark every pending row of a delivery done without publishing (a duplicate)."""
+    def mark_done(self, delivery_id: str) -> None:
+        """Record that a delivery's jobs are settled; committed before returning."""
         with self._lock, self._transaction():
             self._db.execute(
                 "UPDATE spool SET done = ? WHERE delivery_id = ? AND done IS NULL",

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import redis
 
 from bot.errors import ConfigError
 from bot.events import SUPERSEDE
-from bot.intake import CeleryBroker, Intake, head_key
+from bot.intake import CeleryBroker, Intake, Message, head_key
 from bot.server import create_app
 from bot.settings import Settings
 from bot.spool import Spool
@@ -412,15 +412,15 @@ def test_a_human_command_comment_is_enqueued_as_a_command_job(
 
 
 class ExplodingBroker(CeleryBroker):
-    """A real broker with one injected fault: the next claim raises a bug."""
+    """A real broker with one injected fault: the next enqueue raises a bug."""
 
     explode = True
 
-    def claim(self, delivery_id: str) -> bool:
+    def enqueue(self, delivery_id: str, messages: Sequence[Message]) -> bool:
         if self.explode:
             self.explode = False
             raise RuntimeError("injected fault")
-        return super().claim(delivery_id)
+        return super().enqueue(delivery_id, messages)
 
 
 def test_an_unexpected_error_is_a_logged_500_and_the_server_keeps_serving(

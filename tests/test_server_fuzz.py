@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.intake import CeleryBroker, Intake
+from bot.intake import CeleryBroker, Intake, Message
 from bot.settings import Settings
 from bot.spool import Spool
 from bot.webhooks import sign
@@ -37,10 +37,10 @@ REFUSALS = {200, 202, 400, 401, 413}
 class FaultyBroker(CeleryBroker):
     """The real broker, with an injected bug for deliveries whose id starts with 'fault-'."""
 
-    def claim(self, delivery_id: str) -> bool:
+    def enqueue(self, delivery_id: str, messages: Sequence[Message]) -> bool:
         if delivery_id.startswith(FAULT_PREFIX):
             raise RuntimeError("injected fault")
-        return super().claim(delivery_id)
+        return super().enqueue(delivery_id, messages)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,14 @@ from bot.intake import (
     DEDUPE_TTL_SECONDS,
     CeleryBroker,
     Intake,
+    Message,
     Outcome,
     delivery_key,
     head_key,
 )
 from bot.spool import Spool, task_id
 from tests.edge_server import queued
+from tests.services import RedisServer
 from workers.job import JobRef
 
 
@@ -38,43 +41,35 @@ def job(n: int = 1, task: str = "summary", **args: str | int | bool) -> JobRef:
 
 
 class FakeBroker:
-    """Stand in for Redis+Celery: remembers claims and messages, can be switched off."""
+    """Stand in for Redis: claims and queue in memory, atomic per delivery, switchable off."""
 
     def __init__(self) -> None:
         self.up = True
         self.claims: set[str] = set()
         self.heads: dict[str, str] = {}
-        self.messages: list[tuple[str, JobRef, float]] = []
-        self.fail_publish_after: int | None = None
+        self.messages: list[Message] = []
         self.explode = False
 
     def _check(self) -> None:
         if not self.up:
             raise ConnectionError("broker down")
 
-    def claim(self, delivery_id: str) -> bool:
-        self._check()
-        if delivery_id in self.claims:
-            return False
-        self.claims.add(delivery_id)
-        return True
-
-    def release(self, delivery_id: str) -> None:
-        self._check()
-        self.claims.discard(delivery_id)
-
-    def set_head(self, repo: str, pr_number: int, head_sha: str) -> None:
-        self._check()
-        self.heads[f"{repo}#{pr_number}"] = head_sha
-
-    def publish(self, job: JobRef, *, task_id: str, countdown: float) -> None:
+    def enqueue(self, delivery_id: str, messages: Sequence[Message]) -> bool:
         self._check()
         if self.explode:
             raise RuntimeError("a bug in publishing")
-        if self.fail_publish_after is not None and len(self.messages) >= self.fail_publish_after:
-            self.up = False
-            self._check()
-        self.messages.append((task_id, job, countdown))
+        if delivery_id in self.claims:
+            return False
+        self.claims.add(delivery_id)
+        for message in messages:
+            if message.supersede:
+                self.heads[f"{message.job.repo}#{message.job.pr_number}"] = message.job.head_sha
+        self.messages.extend(messages)
+        return True
+
+    @property
+    def ids(self) -> list[str]:
+        return [m.task_id for m in self.messages]
 
     def ping(self) -> None:
         self._check()
@@ -95,43 +90,42 @@ def test_spool_keeps_order_and_dedupes_on_delivery_and_index(spool: Spool) -> No
     assert spool.append("a", [job(1), job(2)]) == 2
     assert spool.append("b", [job(3)]) == 1
     assert spool.append("a", [job(1), job(2)]) == 0
-    assert spool.append("a", [job(2)], start=1) == 0
-    entries = spool.pending()
-    assert [(e.delivery_id, e.job_index) for e in entries] == [("a", 0), ("a", 1), ("b", 0)]
-    assert entries[1].job == job(2)
-    assert entries[1].task_id == task_id("a", 1) == "a:1"
+    batch = spool.pending()
+    assert [[(e.delivery_id, e.job_index) for e in d] for d in batch] == [
+        [("a", 0), ("a", 1)],
+        [("b", 0)],
+    ]
+    assert batch[0][1].job == job(2)
+    assert batch[0][1].task_id == task_id("a", 1) == "a:1"
     assert spool.depth() == 3
+
+
+def test_pending_hands_out_whole_deliveries(spool: Spool) -> None:
+    for n in range(5):
+        spool.append(f"d{n}", [job(n), job(n, "review"), job(n, "tests")])
+    batch = spool.pending(deliveries=2)
+    assert [len(d) for d in batch] == [3, 3]
+    assert [d[0].delivery_id for d in batch] == ["d0", "d1"]
 
 
 def test_spool_survives_reopening(tmp_path: Path) -> None:
     first = Spool(tmp_path / "s.db")
-    first.append("a", [job(1, **{SUPERSEDE: True})], claimed=True)
+    first.append("a", [job(1, **{SUPERSEDE: True})])
     first.close()
     again = Spool(tmp_path / "s.db")
-    (entry,) = again.pending()
+    ((entry,),) = again.pending()
     assert entry.job == job(1, **{SUPERSEDE: True})
-    assert entry.claimed is True
 
 
 def test_done_rows_are_kept_for_dedupe_then_purged(spool: Spool) -> None:
     spool.append("a", [job(1)])
-    (entry,) = spool.pending()
-    spool.mark_done(entry.seq)
+    spool.mark_done("a")
     assert spool.depth() == 0
     assert spool.append("a", [job(1)]) == 0, "a late redelivery is still recognised"
     assert spool.purge() == 0
     time.sleep(0.01)
     assert spool.purge(older_than=0.001) == 1
     assert spool.append("a", [job(1)]) == 1
-
-
-def test_claim_and_drop_apply_to_every_row_of_a_delivery(spool: Spool) -> None:
-    spool.append("a", [job(1), job(2)])
-    spool.append("b", [job(3)])
-    spool.mark_claimed("a")
-    assert [e.claimed for e in spool.pending()] == [True, True, False]
-    spool.drop_delivery("a")
-    assert [e.delivery_id for e in spool.pending()] == ["b"]
 
 
 def test_a_closed_spool_fails_its_check(spool: Spool) -> None:
@@ -144,13 +138,13 @@ def test_a_closed_spool_fails_its_check(spool: Spool) -> None:
 # --- the intake with a broker stand-in ---------------------------------------------------
 
 
-def test_accept_claims_once_and_publishes_with_stable_task_ids(spool: Spool) -> None:
+def test_accept_queues_once_with_stable_task_ids(spool: Spool) -> None:
     broker = FakeBroker()
     intake = Intake(broker, spool)
     assert intake.accept("a", [job(1), job(1, "review")]) is Outcome.ENQUEUED
     assert intake.accept("a", [job(1), job(1, "review")]) is Outcome.DUPLICATE
     assert intake.accept("b", []) is Outcome.IGNORED
-    assert [(t, j.task, c) for t, j, c in broker.messages] == [
+    assert [(m.task_id, m.job.task, m.countdown) for m in broker.messages] == [
         ("a:0", "summary", 0.0),
         ("a:1", "review", 0.0),
     ]
@@ -159,9 +153,9 @@ def test_accept_claims_once_and_publishes_with_stable_task_ids(spool: Spool) -> 
 def test_a_debounced_job_records_the_head_and_waits(spool: Spool) -> None:
     broker = FakeBroker()
     intake = Intake(broker, spool, debounce_seconds=12.5)
-    intake.accept("a", [job(1, **{SUPERSEDE: True})])
+    intake.accept("a", [job(1, **{SUPERSEDE: True}), job(1, "outcome")])
     assert broker.heads == {"o/r#1": "sha1"}
-    assert broker.messages[0][2] == 12.5
+    assert [(m.countdown, m.supersede) for m in broker.messages] == [(12.5, True), (0.0, False)]
 
 
 def test_outage_spools_and_keeps_order_until_drained(spool: Spool) -> None:
@@ -179,25 +173,12 @@ def test_outage_spools_and_keeps_order_until_drained(spool: Spool) -> None:
     while intake.spooling:
         intake.drain()
     assert intake.accept("d10", [job(10)]) is Outcome.ENQUEUED
-    assert [t for t, _, _ in broker.messages] == [
-        f"{d}:0" for d in ["live-1", *(f"d{n}" for n in range(2, 11))]
-    ]
+    expected = ["live-1", *(f"d{n}" for n in range(2, 11))]
+    assert broker.ids == [f"{d}:0" for d in expected]
     assert spool.depth() == 0
 
 
-def test_a_partial_send_spools_only_the_rest_and_keeps_the_claim(spool: Spool) -> None:
-    broker = FakeBroker()
-    broker.fail_publish_after = 1
-    intake = Intake(broker, spool)
-    assert intake.accept("a", [job(1), job(1, "review")]) is Outcome.SPOOLED
-    (entry,) = spool.pending()
-    assert (entry.job_index, entry.claimed) == (1, True)
-    broker.up, broker.fail_publish_after = True, None
-    intake.drain()
-    assert [t for t, _, _ in broker.messages] == ["a:0", "a:1"]
-
-
-def test_drain_drops_a_spooled_delivery_that_redis_already_saw(spool: Spool) -> None:
+def test_drain_drops_a_spooled_delivery_that_redis_already_took(spool: Spool) -> None:
     broker = FakeBroker()
     intake = Intake(broker, spool)
     intake.accept("a", [job(1)])
@@ -205,37 +186,32 @@ def test_drain_drops_a_spooled_delivery_that_redis_already_saw(spool: Spool) -> 
     assert intake.accept("a", [job(1)]) is Outcome.SPOOLED  # cannot tell while Redis is down
     assert intake.accept("b", [job(2), job(3)]) is Outcome.SPOOLED
     broker.up = True
-    intake.drain()
-    assert [t for t, _, _ in broker.messages] == ["a:0", "b:0", "b:1"]
+    assert intake.drain() == 1
+    assert broker.ids == ["a:0", "b:0", "b:1"]
     assert not intake.spooling
 
 
-def test_a_crash_between_publish_and_mark_republishes_with_the_same_task_id(
+def test_a_crash_between_queueing_and_marking_done_queues_nothing_twice(
     tmp_path: Path,
 ) -> None:
-    spool = Spool(tmp_path / "s.db")
     broker = FakeBroker()
-    intake = Intake(broker, spool)
+    intake = Intake(broker, Spool(tmp_path / "s.db"))
     broker.up = False
-    intake.accept("a", [job(1)])
+    intake.accept("a", [job(1), job(1, "review")])
     broker.up = True
-    (entry,) = spool.pending()
-    broker.claim("a")  # the crashed run had claimed and published, then died
-    broker.publish(entry.job, task_id=entry.task_id, countdown=0)
-    spool.close()
+    ((first, second),) = intake.spool.pending()
+    # The crashed run's script claimed and queued the delivery, then the process died.
+    broker.enqueue("a", intake.messages("a", [first.job, second.job]))
+    intake.spool.close()
 
     restarted = Intake(broker, Spool(tmp_path / "s.db"))
     assert restarted.spooling, "leftovers from the last run are drained on start"
-    spool2 = restarted.spool
-    # Make the row look claimed, as it is after the first run's mark_claimed.
-    spool2.mark_claimed("a")
-    restarted.drain()
-    ids = [t for t, _, _ in broker.messages]
-    assert ids == ["a:0", "a:0"], "at most one duplicate, with the same task id"
-    assert spool2.depth() == 0
+    assert restarted.drain() == 0
+    assert broker.ids == ["a:0", "a:1"], "the claim made the retry a no-op"
+    assert restarted.spool.depth() == 0
 
 
-def test_a_bug_in_publishing_raises_and_frees_the_claim(spool: Spool) -> None:
+def test_a_bug_in_the_broker_raises_and_spools_nothing(spool: Spool) -> None:
     broker = FakeBroker()
     broker.explode = True
     intake = Intake(broker, spool)
@@ -243,6 +219,7 @@ def test_a_bug_in_publishing_raises_and_frees_the_claim(spool: Spool) -> None:
         intake.accept("a", [job(1)])
     assert "a" not in broker.claims, "a redelivery must not be taken for a duplicate"
     assert spool.depth() == 0
+    assert not intake.spooling
 
 
 def test_the_drainer_thread_drains_when_the_broker_returns(spool: Spool) -> None:
@@ -259,7 +236,7 @@ def test_the_drainer_thread_drains_when_the_broker_returns(spool: Spool) -> None
         deadline = time.monotonic() + 5
         while intake.spooling and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert [t for t, _, _ in broker.messages] == [f"d{n}:0" for n in range(5)]
+        assert broker.ids == [f"d{n}:0" for n in range(5)]
     finally:
         intake.stop()
 
@@ -286,7 +263,7 @@ def test_concurrent_accepts_during_a_drain_lose_nothing(spool: Spool) -> None:
     while intake.spooling and time.monotonic() < deadline:
         time.sleep(0.01)
     intake.stop()
-    ids = [t for t, _, _ in broker.messages]
+    ids = broker.ids
     assert len(ids) == len(set(ids)) == 150
     assert ids[:50] == [f"early{n}:0" for n in range(50)]
     for prefix in ("x", "y"):
@@ -308,21 +285,20 @@ def test_health_reports_redis_and_spool(spool: Spool) -> None:
 # --- the real broker on a private Redis ---------------------------------------------------
 
 
-def test_celery_broker_claims_publishes_and_records_heads(redis_url: str) -> None:
+def test_celery_broker_claims_and_queues_atomically(redis_url: str) -> None:
     broker = CeleryBroker(redis_url)
     client = redis.Redis.from_url(redis_url)
     try:
-        assert broker.claim("abc") is True
-        assert broker.claim("abc") is False
+        messages = [
+            Message(job(1, **{SUPERSEDE: True}), "abc:0", countdown=30, supersede=True),
+            Message(job(2), "abc:1"),
+        ]
+        assert broker.enqueue("abc", messages) is True
+        assert broker.enqueue("abc", messages) is False
         ttl = client.ttl(delivery_key("abc"))
-        assert DEDUPE_TTL_SECONDS - 5 < ttl <= DEDUPE_TTL_SECONDS
-        assert ttl >= 3 * 24 * 3600
-        broker.release("abc")
-        assert broker.claim("abc") is True
-        broker.set_head("o/r", 1, "sha1")
+        assert 3 * 24 * 3600 <= ttl <= DEDUPE_TTL_SECONDS
         assert client.get(head_key("o/r", 1)) == b"sha1"
-        broker.publish(job(1, **{SUPERSEDE: True}), task_id="abc:0", countdown=30)
-        broker.publish(job(2), task_id="abc:1", countdown=0)
+        assert client.get(head_key("o/r", 2)) is None
         first, second = queued(redis_url)
         assert first["headers"]["task"] == "cibot.dispatch"
         assert first["headers"]["id"] == "abc:0"
@@ -336,6 +312,65 @@ def test_celery_broker_claims_publishes_and_records_heads(redis_url: str) -> Non
         client.close()
 
 
+def _shape(value: object) -> object:
+    """Return the structure of a JSON value: keys and types, not values."""
+    if isinstance(value, dict):
+        return {key: _shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shape(item) for item in value]
+    return type(value).__name__
+
+
+def test_messages_match_what_celery_send_task_queues(redis_url: str) -> None:
+    """The hand-off must stay wire-compatible with Celery: compare with send_task's own."""
+    import json
+
+    from celery import Celery
+
+    broker = CeleryBroker(redis_url)
+    reference = Celery("reference", broker=redis_url, set_as_current=False)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        the_job = job(1, **{SUPERSEDE: True})
+        broker.enqueue("abc", [Message(the_job, "abc:0", countdown=30, supersede=True)])
+        reference.send_task(
+            "cibot.dispatch",
+            kwargs=the_job.to_kwargs(),
+            queue="github",
+            task_id="abc:0",
+            countdown=30,
+            argsrepr="()",
+            kwargsrepr="x",
+            declare=[],
+        )
+        theirs, ours = (json.loads(raw) for raw in client.lrange("github", 0, -1))
+        for extra in ("argsrepr", "kwargsrepr"):  # send_task copies these into properties
+            theirs["properties"].pop(extra)
+        theirs["headers"]["ignore_result"] = False
+        assert _shape(ours) == _shape(theirs)
+        assert ours["body"] == theirs["body"]
+        assert ours["properties"]["delivery_info"] == theirs["properties"]["delivery_info"]
+        for key in ("task", "id", "root_id", "retries", "timelimit"):
+            assert ours["headers"][key] == theirs["headers"][key]
+
+        # And a kombu consumer (what a Celery worker uses) decodes ours.
+        from kombu import Connection
+
+        with Connection(redis_url) as conn:
+            queue = conn.SimpleQueue("github")
+            received = queue.get(timeout=2)
+            assert received.headers["task"] == "cibot.dispatch"
+            args, kwargs, _ = received.decode()
+            assert args == []
+            assert JobRef.from_kwargs(kwargs) == the_job
+            received.ack()
+            queue.close()
+    finally:
+        broker.close()
+        reference.close()
+        client.close()
+
+
 def test_celery_broker_reports_an_outage_as_connection_error(redis_server: object) -> None:
     from tests.services import free_port
 
@@ -343,11 +378,23 @@ def test_celery_broker_reports_an_outage_as_connection_error(redis_server: objec
     try:
         started = time.monotonic()
         with pytest.raises(ConnectionError):
-            broker.claim("x")
-        with pytest.raises(ConnectionError):
-            broker.publish(job(1), task_id="x:0", countdown=0)
+            broker.enqueue("x", [Message(job(1), "x:0")])
         with pytest.raises(ConnectionError):
             broker.ping()
         assert time.monotonic() - started < 5
+    finally:
+        broker.close()
+
+
+def test_celery_broker_survives_a_redis_restart(redis_server: RedisServer, redis_url: str) -> None:
+    broker = CeleryBroker(redis_url)
+    try:
+        assert broker.enqueue("one", [Message(job(1), "one:0")])
+        redis_server.stop()
+        with pytest.raises(ConnectionError):
+            broker.enqueue("two", [Message(job(2), "two:0")])
+        redis_server.start()  # empty: the script cache is gone too
+        assert broker.enqueue("two", [Message(job(2), "two:0")])
+        assert [m["headers"]["id"] for m in queued(redis_url)] == ["two:0"]
     finally:
         broker.close()
