@@ -58,7 +58,7 @@ ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@
 
 
 @dataclass(frozen=True)
-class _Rule:
+class Rule:
     """Say what starts a block, how the block goes on, and whether it absorbs its own kind."""
 
     kind: str
@@ -68,36 +68,34 @@ class _Rule:
 
 
 RULES = (
-    _Rule(
+    Rule(
         "exit",
         r".*?(?:Process completed with exit code|exited with code|returned non-zero exit status)"
         r" [1-9]|make(?:\[\d+\])?: \*\*\* |exit status [1-9]|npm ERR! ",
         "single",
         True,
     ),
-    _Rule(
+    Rule(
         "traceback",
         r"\s*(?:Traceback \(most recent call last\):|During handling of the above exception"
         r"|The above exception was the direct cause)",
         "traceback",
         False,
     ),
-    _Rule("pytest", r"=+ short test summary info =+", "pytest", False),
-    _Rule("pytest", r"(?:FAILED|ERROR) \S+(?:::|\.py)", "pytest", True),
-    _Rule("pytest", r"E(?: {2,}\S|\s*$)", "pytest", True),
-    _Rule("pytest", r"_{3,} .+ _{3,}$", "pytest_section", False),
-    _Rule("go_test", r"--- FAIL: ", "indent", False),
-    _Rule("go_test", r"\s+--- FAIL: |FAIL(?:\t|\s*$)", "single", True),
-    _Rule("go_test", r"panic: ", "panic", False),
-    _Rule("jest", r"\s*● ", "jest", False),
-    _Rule("jest", r"\s*FAIL +\S", "single", False),
-    _Rule("compiler", r"error(?:\[E\d+\])?: ", "compiler", False),
-    _Rule("compiler", r"\S+?(?:\(\d+,\d+\):|:\d+:\d+ -) error TS\d+", "compiler", False),
-    _Rule("compiler", r"\S+?:\d+(?::\d+)?: (?:fatal )?error: ", "compiler", False),
-    _Rule("annotation", r"##\[error\]", "single", True),
-    _Rule(
-        "error", r"(?:[A-Z]\w*)?(?:Error|Exception):\s|(?:ERROR|FATAL|fatal):\s", "indent", False
-    ),
+    Rule("pytest", r"=+ short test summary info =+", "pytest", False),
+    Rule("pytest", r"(?:FAILED|ERROR) \S+(?:::|\.py)", "pytest", True),
+    Rule("pytest", r"E(?: {2,}\S|\s*$)", "pytest", True),
+    Rule("pytest", r"_{3,} .+ _{3,}$", "pytest_section", False),
+    Rule("go_test", r"--- FAIL: ", "indent", False),
+    Rule("go_test", r"\s+--- FAIL: |FAIL(?:\t|\s*$)", "single", True),
+    Rule("go_test", r"panic: ", "panic", False),
+    Rule("jest", r"\s*● ", "jest", False),
+    Rule("jest", r"\s*FAIL +\S", "single", False),
+    Rule("compiler", r"error(?:\[E\d+\])?: ", "compiler", False),
+    Rule("compiler", r"\S+?(?:\(\d+,\d+\):|:\d+:\d+ -) error TS\d+", "compiler", False),
+    Rule("compiler", r"\S+?:\d+(?::\d+)?: (?:fatal )?error: ", "compiler", False),
+    Rule("annotation", r"##\[error\]", "single", True),
+    Rule("error", r"(?:[A-Z]\w*)?(?:Error|Exception):\s|(?:ERROR|FATAL|fatal):\s", "indent", False),
 )
 CLASSIFY = re.compile("|".join(f"(?P<r{i}>{rule.pattern})" for i, rule in enumerate(RULES)))
 
@@ -163,7 +161,7 @@ class TrimmedLog:
 class _Block:
     """Collect one block while the log streams past: context above, core, context below."""
 
-    rule: _Rule
+    rule: Rule
     start: int
     first: str
     before: list[tuple[int, str]]
@@ -226,7 +224,7 @@ def clean(raw: str) -> str:
     return raw if len(raw) <= MAX_LINE_CHARS else raw[:MAX_LINE_CHARS] + "…"
 
 
-def classify(line: str) -> _Rule | None:
+def classify(line: str) -> Rule | None:
     """Return the rule a cleaned line starts a block by, or None."""
     match = CLASSIFY.match(line)
     if match is None or match.lastgroup is None:
@@ -234,7 +232,7 @@ def classify(line: str) -> _Rule | None:
     return RULES[int(match.lastgroup[1:])]
 
 
-def _verdict(block: _Block, line: str, rule: _Rule | None) -> str:
+def _verdict(block: _Block, line: str, rule: Rule | None) -> str:
     """Decide whether ``line`` goes on the open block, ends it, or falls outside it."""
     if block.size >= MAX_BLOCK_LINES:
         return STOP
@@ -359,7 +357,7 @@ class _Trimmer:
         self._step(self.lines, line, classify(line))
         self.ring.append((self.lines, raw[:MAX_RAW_CHARS]))
 
-    def _step(self, number: int, line: str, rule: _Rule | None) -> None:
+    def _step(self, number: int, line: str, rule: Rule | None) -> None:
         """Advance the block state machine by one line."""
         block = self.block
         if block is not None:
@@ -376,7 +374,7 @@ class _Trimmer:
             self.after_block.after.append((number, line))
             self.after_left -= 1
 
-    def _open(self, rule: _Rule, number: int, line: str) -> None:
+    def _open(self, rule: Rule, number: int, line: str) -> None:
         """Start a block at ``line``, with the ring buffer as its context above."""
         block = _Block(rule, number, line, [(n, clean(s)) for n, s in self.ring])
         block.add(number, line)
