@@ -2,7 +2,13 @@
 
 ``cibot serve`` runs one process (the spool is a local file) on uvicorn. The request
 path does no GitHub and no model call: it verifies the signature, maps the event to
-jobs with the feature routers, and hands them to ``bot.intake``.
+jobs with the feature routers, and hands them to ``bot.intake`` (one Redis round trip).
+
+Answers to POST /webhook: 200 ``pong`` for ping; 202 ``enqueued``, ``duplicate``,
+``spooled`` (Redis is down; the spool will deliver) or ``ignored``; 401 for a missing,
+forged or non-SHA-256 signature; 400 for malformed JSON, missing headers or a payload
+without the fields its event needs; 413 for a body over 25 MB; 500 for anything
+unexpected, logged with the delivery id.
 """
 
 from __future__ import annotations
@@ -105,7 +111,8 @@ def create_app(
 async def receive(edge: Edge, request: Request) -> Response:
     """Answer one delivery; every failure becomes a status code, never a crash."""
     started = time.perf_counter()
-    name = request.headers.get("x-github-event", "")
+    # Unauthenticated until verified: keep what we log and label short.
+    name = request.headers.get("x-github-event", "")[:64]
     delivery = request.headers.get("x-github-delivery", "")[:128]
     try:
         body = await read_body(request)
@@ -159,8 +166,8 @@ async def route(edge: Edge, event: webhooks.Event) -> tuple[int, dict[str, Any],
     jobs = edge.router.dispatch(event, edge.ctx)
     if not jobs:
         return 202, {"status": "ignored", "reason": "nothing to do for this event"}, []
-    # Called inline, not in a thread pool: it is two or three loopback Redis round trips,
-    # and handing it to a thread costs more than that in GIL hand-offs (see the benchmark).
+    # Called inline, not in a thread pool: it is one Redis round trip, and handing it to a
+    # thread costs more than that in GIL hand-offs (tests/benchmarks/bench_webhook.py).
     outcome = edge.intake.accept(event.delivery_id, jobs)
     return 202, {"status": str(outcome), "jobs": [job.task for job in jobs]}, jobs
 

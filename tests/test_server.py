@@ -499,3 +499,23 @@ def test_metrics_count_deliveries_by_event_and_outcome_and_time_acks(
     assert metric(client, "cibot_webhook_ack_seconds_count") == 4
     assert metric(client, 'cibot_webhook_ack_seconds_bucket{le="+Inf"}') == 4
     assert "# TYPE cibot_spool_depth gauge" in text
+
+
+def test_the_request_path_costs_a_constant_three_redis_commands(
+    client: httpx.Client, redis_url: str
+) -> None:
+    store = redis.Redis.from_url(redis_url)
+
+    def commands() -> dict[str, int]:
+        stats = store.info("commandstats")
+        return {k: int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info"}
+
+    post(client, *delivery("pull_request.opened", "warm-up"))  # loads the script once
+    before = commands()
+    for n in range(20):
+        post(client, *delivery("pull_request.opened", f"count-{n}"))
+    after = commands()
+    spent = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    # One EVALSHA per delivery, running SET NX (the claim) and LPUSH (the job).
+    assert spent == {"cmdstat_evalsha": 20, "cmdstat_set": 20, "cmdstat_lpush": 20}
+    store.close()
