@@ -251,6 +251,26 @@ class Deadline:
             raise TimeoutError(f"the {self.seconds:.0f}s soft time limit passed before {step}")
 
 
+def warm_up(policy: Policy) -> None:
+    """Import the model client's libraries now and warn about API models with no price.
+
+    A cold first import of litellm takes seconds; paying it while the worker starts keeps
+    the first job inside its time limits.
+    """
+    from workers.llm import price_per_token
+
+    for name, tier in policy.tiers.items():
+        for model in tier.models:
+            try:
+                price_per_token(model, tier.price)
+            except ConfigError as exc:
+                if not tier.private:
+                    log.warning(
+                        "API model has no price",
+                        extra={"tier": name, "model": model, "error": str(exc)},
+                    )
+
+
 # ---- small helpers --------------------------------------------------------------------------
 
 

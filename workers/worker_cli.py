@@ -25,7 +25,14 @@ from types import FrameType
 from bot.errors import InputError
 from bot.settings import Settings
 from policies.model import Policy
-from workers.celery_app import SANDBOX, Timing, all_queues, create_app, queue_concurrency
+from workers.celery_app import (
+    SANDBOX,
+    Timing,
+    all_queues,
+    create_app,
+    model_queues,
+    queue_concurrency,
+)
 
 log = logging.getLogger("cibot.worker")
 
@@ -111,6 +118,14 @@ def _run_one(chosen: PoolPlan, args: argparse.Namespace, settings: Settings, pol
     app = create_app(settings, policy, timing=timing)
     for module in filter(None, (m.strip() for m in args.include.split(","))):
         importlib.import_module(module)
+    if chosen.pool == "threads":
+        # Connect, migrate and import now: a bad setting fails at startup, and the first
+        # job does not pay for cold imports. (Prefork children connect after the fork.)
+        from workers.pipeline import warm_up
+
+        app.cibot_runtime.get()
+        if chosen.queue in model_queues(policy):
+            warm_up(policy)
     hostname = args.hostname or f"{chosen.queue}.{os.getpid()}@{socket.gethostname()}"
     argv = [
         "worker",
