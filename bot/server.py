@@ -211,8 +211,8 @@ class LogfmtFormatter(logging.Formatter):
 
 def _quote(value: object) -> str:
     """Quote a logfmt value when it has spaces or quotes."""
-    text = str(value)
-    return f'"{text}"' if (" " in text or '"' in text or not text) else text
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{text}"' if (" " in text or '"' in text or "=" in text or not text) else text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

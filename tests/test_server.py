@@ -519,3 +519,38 @@ def test_the_request_path_costs_a_constant_three_redis_commands(
     # One EVALSHA per delivery, running SET NX (the claim) and LPUSH (the job).
     assert spent == {"cmdstat_evalsha": 20, "cmdstat_set": 20, "cmdstat_lpush": 20}
     store.close()
+
+
+def test_log_lines_are_logfmt_with_the_standard_fields() -> None:
+    from bot.server import LogfmtFormatter
+
+    record = logging.makeLogRecord(
+        {
+            "name": "bot.server",
+            "levelname": "INFO",
+            "msg": "delivery answered",
+            "delivery_id": "d-1",
+            "installation_id": 7,
+            "event": "pull_request",
+            "ms": 1.5,
+            "reason": 'a "quoted" value',
+        }
+    )
+    line = LogfmtFormatter().format(record)
+    assert " INFO bot.server delivery answered " in line
+    for pair in (
+        "delivery_id=d-1",
+        "installation_id=7",
+        'task=""',
+        'tier=""',
+        "ms=1.5",
+        'reason="a \\"quoted\\" value"',
+    ):
+        assert pair in line
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys as _sys
+
+        record.exc_info = _sys.exc_info()
+    assert "ValueError: boom" in LogfmtFormatter().format(record)
