@@ -20,6 +20,7 @@ the job when ``GET cibot:head:{repo}#{pr}`` holds a SHA other than its ``head_sh
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -250,6 +251,19 @@ class Intake:
         return 0.0 if self._spooling else self._interval
 
 
+def _kwargs(job: JobRef) -> dict[str, Any]:
+    """Return ``job.to_kwargs()`` without asdict's recursive deep copy.
+
+    JobRef holds scalars plus one flat dict of scalars, so a shallow copy is the same.
+    """
+    kwargs = {field.name: getattr(job, field.name) for field in _JOB_FIELDS}
+    kwargs["args"] = dict(job.args)
+    return kwargs
+
+
+_JOB_FIELDS = dataclasses.fields(JobRef)
+
+
 def log_fields(**values: Any) -> dict[str, Any]:
     """Return structured log fields, always with delivery_id, installation_id, task, tier."""
     fields: dict[str, Any] = {"delivery_id": "", "installation_id": 0, "task": "", "tier": ""}
@@ -300,7 +314,7 @@ class CeleryBroker:
             message.task_id,
             DISPATCH_TASK,
             args=(),
-            kwargs=job.to_kwargs(),
+            kwargs=_kwargs(job),
             countdown=message.countdown or None,
             argsrepr="()",
             kwargsrepr=f"{job.task} {job.repo}#{job.pr_number} {job.delivery_id}",

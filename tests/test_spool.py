@@ -398,3 +398,10 @@ def test_celery_broker_survives_a_redis_restart(redis_server: RedisServer, redis
         assert [m["headers"]["id"] for m in queued(redis_url)] == ["two:0"]
     finally:
         broker.close()
+
+
+def test_message_kwargs_equal_the_jobrefs_own() -> None:
+    from bot.intake import _kwargs
+
+    for the_job in (job(1), job(2, **{SUPERSEDE: True}), job(3, "command", command="x", comment_id=1)):
+        assert _kwargs(the_job) == the_job.to_kwargs()
