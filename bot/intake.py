@@ -161,24 +161,27 @@ class Intake:
     def drain(self) -> int:
         """Queue one batch of spooled deliveries in order; return how many were queued.
 
-        Raises ConnectionError when the broker fails; deliveries queued before that
-        are already marked done.
+        The broker calls run outside the lock, so a slow Redis never stalls the request
+        path; only switching back to direct queueing takes the lock, and it happens when
+        the spool is empty under that lock, so no delivery can slip in behind it. Raises
+        ConnectionError when the broker fails; deliveries queued before are marked done.
         """
         queued = 0
-        with self._lock:
-            batch = self.spool.pending(self._batch)
-            for entries in batch:
-                delivery_id = entries[0].delivery_id
-                jobs = [entry.job for entry in entries]
-                if self.broker.enqueue(delivery_id, self.messages(delivery_id, jobs)):
-                    queued += 1
-                self.spool.mark_done(delivery_id)
-            if len(batch) < self._batch and self.spool.depth() == 0:
-                self._spooling = False
-                log.info(
-                    "spool drained; deliveries go to the broker again",
-                    extra=log_fields(task="spool"),
-                )
+        batch = self.spool.pending(self._batch)
+        for entries in batch:
+            delivery_id = entries[0].delivery_id
+            jobs = [entry.job for entry in entries]
+            if self.broker.enqueue(delivery_id, self.messages(delivery_id, jobs)):
+                queued += 1
+            self.spool.mark_done(delivery_id)
+        if len(batch) < self._batch:
+            with self._lock:
+                if self._spooling and self.spool.depth() == 0:
+                    self._spooling = False
+                    log.info(
+                        "spool drained; deliveries go to the broker again",
+                        extra=log_fields(task="spool"),
+                    )
         return queued
 
     def start(self) -> None:

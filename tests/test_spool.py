@@ -49,6 +49,7 @@ class FakeBroker:
         self.heads: dict[str, str] = {}
         self.messages: list[Message] = []
         self.explode = False
+        self.gate: threading.Event | None = None
 
     def _check(self) -> None:
         if not self.up:
@@ -58,6 +59,8 @@ class FakeBroker:
         self._check()
         if self.explode:
             raise RuntimeError("a bug in publishing")
+        if self.gate is not None:
+            self.gate.wait(5)
         if delivery_id in self.claims:
             return False
         self.claims.add(delivery_id)
@@ -403,5 +406,27 @@ def test_celery_broker_survives_a_redis_restart(redis_server: RedisServer, redis
 def test_message_kwargs_equal_the_jobrefs_own() -> None:
     from bot.intake import _kwargs
 
-    for the_job in (job(1), job(2, **{SUPERSEDE: True}), job(3, "command", command="x", comment_id=1)):
+    for the_job in (
+        job(1),
+        job(2, **{SUPERSEDE: True}),
+        job(3, "command", command="x", comment_id=1),
+    ):
         assert _kwargs(the_job) == the_job.to_kwargs()
+
+
+def test_a_slow_broker_during_a_drain_never_blocks_accept(spool: Spool) -> None:
+    broker = FakeBroker()
+    intake = Intake(broker, spool)
+    broker.up = False
+    intake.accept("a", [job(1)])
+    broker.up, broker.gate = True, threading.Event()
+    drainer = threading.Thread(target=intake.drain)
+    drainer.start()  # now stuck inside the broker call
+    started = time.monotonic()
+    assert intake.accept("b", [job(2)]) is Outcome.SPOOLED
+    assert time.monotonic() - started < 0.5
+    broker.gate.set()
+    drainer.join()
+    intake.drain()
+    assert broker.ids == ["a:0", "b:0"]
+    assert not intake.spooling
