@@ -16,7 +16,11 @@ from typing import Any
 import pytest
 import redis
 
+from bot.errors import GitHubTransient, GitHubValidation, InputError, RateLimited
 from bot.intake import CeleryBroker, Message, delivery_key
+from bot.settings import Settings
+from policies.loading import load_policy
+from policies.model import Policy
 from tests.fakes.github import FakeGitHub
 from tests.fakes.model import FakeModelServer
 from tests.services import RedisServer
@@ -29,10 +33,20 @@ from tests.test_pipeline import (
     environment,
     write_policy,
 )
+from workers.celery_app import (
+    DISPATCH,
+    RUN_JOB,
+    Limit,
+    Timing,
+    create_app,
+    model_queues,
+    queue_for_tier,
+)
 from workers.job import JobRef
 from workers.ledger import SUCCEEDED, Ledger, job_key
-
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+from workers.pipeline import Outcome, Runtime
+from workers.tasks import backoff, run_step
+from workers.worker_cli import plan
 
 MAX_JOB_S = 3.0  # every limit derives from it: hard 5 s, visibility timeout 10 s
 
@@ -173,6 +187,8 @@ def stop_all(world: Cluster) -> None:
             proc.wait()
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_job_held_for_the_private_model_completes_when_it_returns(cluster: Cluster) -> None:
     """Local down + private_only: the PR hears "waiting", nothing leaves, then the summary."""
     sha = "9" * 40
@@ -208,6 +224,8 @@ def test_a_job_held_for_the_private_model_completes_when_it_returns(cluster: Clu
     )
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_worker_killed_mid_job_hands_the_job_to_another(cluster: Cluster) -> None:
     """SIGKILL the worker running the model call: the other finishes; one result, one row."""
     sha = "7" * 40
@@ -253,6 +271,8 @@ def test_a_worker_killed_mid_job_hands_the_job_to_another(cluster: Cluster) -> N
     assert row["private_tokens"] == mine[0].tokens
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_delivery_sent_twice_publishes_once(cluster: Cluster) -> None:
     """Two copies of the same job (a redelivered webhook) leave one comment and one job."""
     sha = "5" * 40
@@ -272,6 +292,8 @@ def test_a_delivery_sent_twice_publishes_once(cluster: Cluster) -> None:
     assert len(cluster.summaries(5)) == 1
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_the_supervisor_stops_its_children_on_sigterm(cluster: Cluster) -> None:
     """``cibot worker`` with two queues runs two children and takes them down with it."""
     assert cluster.supervisor is not None
@@ -290,3 +312,194 @@ def test_the_supervisor_stops_its_children_on_sigterm(cluster: Cluster) -> None:
             10,
             f"child {pid} to exit",
         )
+
+
+# ---- the app, the retry rules and the worker plan, without processes ----------------------
+
+
+@pytest.fixture(scope="module")
+def default_policy() -> Policy:
+    """Load the packaged policy."""
+    return load_policy()
+
+
+def private_mid(policy: Policy) -> Policy:
+    """Return the policy with mid served privately (Qwen on the 2xH200 rung)."""
+    tiers = dict(policy.tiers)
+    tiers["mid"] = tiers["mid"].model_copy(
+        update={"private": True, "rung": "2xH200", "max_concurrency": 24}
+    )
+    return policy.model_copy(update={"tiers": tiers})
+
+
+def test_timing_keeps_visibility_beyond_every_hard_limit(default_policy: Policy) -> None:
+    """Every limit derives from the longest job; redelivery never races a live task."""
+    timing = Timing.from_policy(default_policy)
+    assert timing.job.soft == 3 * 300 + 60  # the frontier tier's timeout, three times
+    for limit in (timing.job, timing.github, timing.sandbox):
+        assert limit.soft < limit.hard < timing.visibility_timeout
+    assert timing.retry_max_delay < timing.visibility_timeout / 2 + 1e-9
+    short = Timing.from_policy(default_policy, max_job_s=3, retry_max_delay_s=600)
+    assert (short.job.hard, short.visibility_timeout, short.retry_max_delay) == (5, 10, 5)
+    assert short.limit_for(DISPATCH) == short.github == Limit(3, 5)
+
+
+def test_the_app_is_configured_for_at_least_once_delivery(default_policy: Policy) -> None:
+    """acks_late, reject on loss, prefetch 1, JSON only, the four queues, per-task limits."""
+    settings = Settings(redis_url="redis://127.0.0.1:1/0")
+    timing = Timing.from_policy(default_policy)
+    app = create_app(settings, default_policy, timing=timing)
+    conf = app.conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.accept_content == ["json"] and conf.task_serializer == "json"
+    assert [q.name for q in conf.task_queues] == ["local", "external", "github", "sandbox"]
+    assert conf.broker_transport_options["visibility_timeout"] == timing.visibility_timeout
+    run_job = app.tasks[RUN_JOB]
+    assert (run_job.soft_time_limit, run_job.time_limit) == (timing.job.soft, timing.job.hard)
+    assert app.tasks[DISPATCH].time_limit == timing.github.hard
+    assert conf.task_routes[DISPATCH] == {"queue": "github"}
+    app.close()
+
+
+def test_tiers_map_to_queues(default_policy: Policy) -> None:
+    """Private tiers get their own queue; API tiers share ``external``."""
+    assert queue_for_tier("local", default_policy) == "local"
+    assert queue_for_tier("frontier", default_policy) == "external"
+    assert model_queues(private_mid(default_policy)) == ["local", "mid", "external"]
+
+
+def test_worker_pools_are_sized_to_the_model_slots(default_policy: Policy) -> None:
+    """Threads sized to max_concurrency for model queues; a small prefork for the sandbox."""
+    plans = {p.queue: p for p in plan(["local", "external", "github", "sandbox"], default_policy)}
+    assert (plans["local"].pool, plans["local"].concurrency) == ("threads", 64)
+    assert (plans["external"].pool, plans["external"].concurrency) == ("threads", 24)
+    assert plans["sandbox"].pool == "prefork" and plans["sandbox"].concurrency <= 2
+    assert plan(["mid"], private_mid(default_policy))[0].concurrency == 24
+    with pytest.raises(InputError, match="unknown queue 'gpu'"):
+        plan(["gpu"], default_policy)
+
+
+def test_cibot_worker_refuses_bad_flags_in_one_line() -> None:
+    """An unknown queue or a shared --concurrency is a one-line error, exit code 2."""
+    for argv in (["--queues", "gpu"], ["--queues", "local,github", "--concurrency", "4"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "bot.cli", "worker", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "CIBOT_REDIS_URL": "redis://127.0.0.1:1/0"},
+        )
+        assert done.returncode == 2, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+
+
+@dataclass
+class FakeRequest:
+    """Stand in for Celery's task.request."""
+
+    retries: int = 0
+
+
+class RetryCalled(Exception):
+    """Raised by the fake task's retry, like Celery's Retry."""
+
+
+@dataclass
+class FakeTask:
+    """Stand in for a bound Celery task: it records the retries asked for."""
+
+    request: FakeRequest = field(default_factory=FakeRequest)
+    retried: list[dict[str, Any]] = field(default_factory=list)
+
+    def retry(self, **kwargs: Any) -> RetryCalled:
+        self.retried.append(kwargs)
+        return RetryCalled()
+
+
+@pytest.fixture
+def bare(tmp_path: Path, default_policy: Policy) -> Iterator[Runtime]:
+    """Give the retry tests a runtime with a real ledger and no outside services."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    rt = Runtime(
+        settings=Settings(),
+        policy=default_policy,
+        redis=None,
+        ledger=ledger,
+        github=lambda _i: pytest.fail("no GitHub call expected"),
+        model=lambda _r: pytest.fail("no model call expected"),
+        send=lambda *_a: None,
+        lock_ttl_s=5,
+    )
+    yield rt
+    ledger.close()
+
+
+OUTCOME_REF = JobRef(task="outcome", installation_id=1, repo=REPO, delivery_id="x", pr_number=3)
+
+
+def raising(exc: BaseException) -> Callable[[JobRef, Runtime], Any]:
+    """Return a pipeline step that raises ``exc``."""
+
+    def step(_ref: JobRef, _rt: Runtime) -> Any:
+        raise exc
+
+    return step
+
+
+def test_transient_errors_retry_with_bounded_jittered_backoff(
+    bare: Runtime, default_policy: Policy
+) -> None:
+    """A 5xx or broker hiccup retries; the countdown stays under the backoff ceiling."""
+    timing = Timing.from_policy(default_policy, retry_max_delay_s=8)
+    for retries, exc in enumerate([GitHubTransient("502"), redis.ConnectionError("gone")]):
+        task = FakeTask(FakeRequest(retries=retries))
+        with pytest.raises(RetryCalled):
+            run_step(task, raising(exc), OUTCOME_REF, bare, timing)
+        assert 0 <= task.retried[0]["countdown"] <= min(8, 2 * 2**retries)
+        assert task.retried[0]["exc"] is exc
+    assert [backoff(10, None, timing) <= 8 for _ in range(50)] == [True] * 50
+
+
+def test_a_rate_limit_waits_as_long_as_github_asks(bare: Runtime, default_policy: Policy) -> None:
+    """RateLimited carries retry-after; the retry waits exactly that (capped)."""
+    timing = Timing.from_policy(default_policy)
+    task = FakeTask()
+    with pytest.raises(RetryCalled):
+        run_step(task, raising(RateLimited("slow down", retry_after=42)), OUTCOME_REF, bare, timing)
+    assert task.retried[0]["countdown"] == 42
+
+
+def test_permanent_and_exhausted_errors_fail_fast_with_the_reason(
+    bare: Runtime, default_policy: Policy
+) -> None:
+    """A 422 fails at once; a transient error past max_retries fails too; both recorded."""
+    timing = Timing.from_policy(default_policy, max_retries=3)
+    cases = [
+        (GitHubValidation("422: body too long"), 0),
+        (GitHubTransient("502 again"), 3),
+        (KeyError("a bug"), 0),
+    ]
+    for index, (exc, retries) in enumerate(cases):
+        ref = JobRef(
+            task="outcome", installation_id=1, repo=REPO, delivery_id=f"p{index}", pr_number=index
+        )
+        task = FakeTask(FakeRequest(retries=retries))
+        assert run_step(task, raising(exc), ref, bare, timing) == "failed"
+        assert task.retried == []
+        row = bare.ledger.job(job_key(ref))
+        assert row is not None
+        assert (row["status"], row["error_kind"]) == ("failed", type(exc).__name__)
+
+
+def test_a_busy_job_is_retried_later(bare: Runtime, default_policy: Policy) -> None:
+    """Busy (another worker holds the lock) is not a failure: try again shortly."""
+    timing = Timing.from_policy(default_policy, max_job_s=3)
+    task = FakeTask()
+    with pytest.raises(RetryCalled):
+        run_step(task, lambda _r, _rt: Outcome.BUSY, OUTCOME_REF, bare, timing)
+    assert 0 < task.retried[0]["countdown"] <= timing.retry_max_delay
+    assert (
+        run_step(FakeTask(), lambda _r, _rt: Outcome.RECORDED, OUTCOME_REF, bare, timing)
+        == "recorded"
+    )

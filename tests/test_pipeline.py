@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+import sqlalchemy as sa
 import yaml
 
 from bot.errors import GitHubValidation, PrivateTierDown
@@ -431,3 +432,59 @@ def test_results_round_trip_as_json(world: World) -> None:
     pipeline.run_job(ref, world.rt, deadline=Deadline(60))
     stored = json.loads(world.rt.redis.get(pipeline.state_key(ref, "result")))
     assert stored["tier"] == "local" and "<!-- cibot:summary -->" in stored["payload"]["body"]
+
+
+def command_ref(delivery: str, comment_id: int) -> JobRef:
+    """Return the command job the edge sends for ``/cibot summary`` by alice."""
+    return JobRef(
+        task="command",
+        installation_id=INSTALLATION,
+        repo=REPO,
+        delivery_id=delivery,
+        pr_number=7,
+        args={"command": "summary", "argv": "", "comment_id": comment_id, "author": "alice"},
+    )
+
+
+def test_a_summary_command_reruns_the_summary_each_time_it_is_asked(world: World) -> None:
+    """``/cibot summary`` queues a fresh job per request; the sticky comment is edited."""
+    world.local.script(reply=GOOD)
+    world.github.set_permission(REPO, "alice", "write")
+    world.through(world.ref())
+    for delivery in ("cmd-1", "cmd-2"):
+        comment_id = world.github.add_comment(REPO, 7, "/cibot summary")
+        world.sent.clear()
+        assert pipeline.dispatch(command_ref(delivery, comment_id), world.rt) is Outcome.QUEUED
+        [(name, ref, queue)] = world.sent
+        assert (name, queue, ref.task, ref.head_sha) == (RUN_JOB, "local", "summary", SHA)
+        assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is Outcome.COMPUTED
+        assert pipeline.publish(ref, world.rt) is Outcome.PUBLISHED
+        assert [r["content"] for r in world.github.reactions(REPO, comment_id)] == ["eyes"]
+    assert len(world.local.chat_requests()) == 3
+    assert len(world.comments()) == 1
+    assert len(world.rt.ledger.rows()[0]) == 3
+
+
+def test_review_thread_feedback_is_recorded_once(world: World) -> None:
+    """A resolved bot thread counts for acceptance once, however often it is delivered."""
+    ref = JobRef(
+        task="feedback",
+        installation_id=INSTALLATION,
+        repo=REPO,
+        delivery_id="fb-1",
+        pr_number=7,
+        args={"kind": "thread", "content": "resolved", "comment_id": 55},
+    )
+    bogus = JobRef(
+        task="feedback",
+        installation_id=INSTALLATION,
+        repo=REPO,
+        delivery_id="fb-2",
+        pr_number=7,
+        args={"kind": "emoji"},
+    )
+    for job in (ref, ref, bogus):
+        assert pipeline.dispatch(job, world.rt) is Outcome.RECORDED
+    with world.rt.ledger.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT signal, value, comment_id FROM feedback")).all()
+    assert [tuple(r) for r in rows] == [("thread_resolved", 1, 55)]
