@@ -15,6 +15,7 @@ import yaml
 
 from bot.assess import assess, render, tier_prices
 from bot.errors import InputError
+from policies.costs import SECONDS_PER_MONTH
 from policies.evidence import parse_diff
 from policies.loading import build_policy, default_policy_text, load_policy, parse_yaml
 from workers import history
@@ -156,7 +157,7 @@ def test_replay_and_summarize(built: Built) -> None:
     assert report["changes"] == 7  # the empty commit has nothing to route
     assert report["skipped"] == 1
     assert report["merges_as_prs"] == 1
-    assert report["months_observed"] == round(28 * DAY / history.SECONDS_PER_MONTH, 3)
+    assert report["months_observed"] == round(28 * DAY / SECONDS_PER_MONTH, 3)
     # Every change gets summary + review; .py changes outside tests/ add tests; manifests add deps.
     assert report["tasks"] == 7 * 2 + 4 + 2
     assert abs(sum(report["tier_share"].values()) - 1) < 1e-3
