@@ -13,7 +13,13 @@ from bot.settings import TierOverride
 from policies import deps
 from policies.evidence import CiFacts, Evidence, FileChange, parse_diff
 from policies.evidence import TestFacts as RunFacts
-from policies.loading import build_policy, default_policy_text, merge_repo_config, parse_yaml
+from policies.loading import (
+    build_policy,
+    default_policy_text,
+    load_policy,
+    merge_repo_config,
+    parse_yaml,
+)
 from policies.model import TASKS, TIER_ORDER, Policy, Residency
 from policies.routing import route
 
@@ -278,14 +284,10 @@ def test_best_private_tier_of_each_variant(name: str, task: str, base: Evidence)
 def test_operator_overrides_never_change_privacy(
     task: str, base: Evidence, local: str | None, api_base: str | None
 ) -> None:
-    from policies.loading import _apply_tier_overrides  # the override step on its own
-
-    data = parse_yaml(default_policy_text(), source="default")
-    data["private_only"] = RESIDENCY
     override = TierOverride(model=local, api_base=api_base)
-    data = _apply_tier_overrides(data, {"local": override, "mid": override, "frontier": override})
-    policy = build_policy(data, source="overridden")
-    pinned = Evidence(**{**base.__dict__, "repo": "acme/vault-x"})
+    policy = load_policy(overrides={"local": override, "mid": override, "frontier": override})
+    assert [policy.tiers[t].private for t in ("local", "mid", "frontier")] == [True, False, False]
+    pinned = Evidence(**{**base.__dict__, "labels": base.labels | {"cibot:private-only"}})
     assert route(task, pinned, policy).tier in {"local", "human"}
 
 
