@@ -543,3 +543,29 @@ def test_stored_results_are_plain_json(setup: Setup) -> None:
     [comment] = stored["payload"]["comments"]
     assert (comment["path"], comment["line"], comment["side"]) == (CART, 10, "RIGHT")
     assert stored["tier"] == "mid" and yaml.safe_dump(stored)
+
+
+def test_paths_keep_a_directory_named_a_and_deleted_files_anchor_left() -> None:
+    """A repo directory called ``a`` keeps its name; a deleted file's lines are LEFT lines."""
+    diff = (
+        "diff --git a/a/foo.py b/a/foo.py\n--- a/a/foo.py\n+++ b/a/foo.py\n"
+        "@@ -1 +1 @@\n-x = 1\n+x = 2\n"
+        "diff --git a/gone.py b/gone.py\ndeleted file mode 100644\n--- a/gone.py\n+++ /dev/null\n"
+        "@@ -1,2 +0,0 @@\n-import os\n-print(os.name)\n"
+    )
+    hunks = review.hunks_of(diff)
+    assert set(hunks) == {"a/foo.py", "gone.py"}
+    assert review.place(hunks, "a/foo.py", 1, "RIGHT") == review.Placement("a/foo.py", 1, "RIGHT")
+    assert review.place(hunks, "gone.py", 2, "LEFT") == review.Placement("gone.py", 2, "LEFT")
+    assert review.place(hunks, "gone.py", 2, "RIGHT") == review.Placement(
+        "gone.py", 1, "LEFT", moved_from=2
+    )
+    assert review.place(hunks, "gone.py", 9, "LEFT") is None
+
+
+def test_a_long_finding_is_cut_without_leaving_a_fence_open() -> None:
+    """Cutting a body inside a code block closes the block, so the marker stays hidden."""
+    text = "Look:\n```python\n" + "x = 1\n" * 1000 + "```"
+    cut = review._cut(text, 200)
+    assert len(cut) < 220 and cut.endswith("…\n```")
+    assert review._cut("short", 200) == "short"

@@ -13,6 +13,12 @@ those the bot already posted on the same line are not posted again.
 
 Model text can only become comment text: the review event is always ``COMMENT`` (never
 an approval or a request for changes) and nothing here adds labels or reviewers.
+
+GitHub's rules this follows: a review's line comments use ``line``/``side`` (and
+``start_line`` for a range within one hunk) and all go in one create-review call
+(https://docs.github.com/en/rest/pulls/reviews#create-a-review-for-a-pull-request); a
+```suggestion block replaces exactly the commented lines when applied
+(https://docs.github.com/en/pull-requests/collaborating-with-pull-requests/reviewing-changes-in-pull-requests/commenting-on-a-pull-request).
 Plain functions, no Celery import; the shape is ``workers.pipeline.JobModule``.
 """
 
@@ -275,13 +281,9 @@ def hunks_of(diff: str) -> Hunks:
         return {}
     files: dict[str, tuple[tuple[DiffLine, ...], ...]] = {}
     for patched in patch:
-        files[_strip(patched.path)] = tuple(_numbered(hunk) for hunk in patched)
+        # unidiff's ``path`` has git's a/ and b/ prefixes removed already.
+        files[patched.path] = tuple(_numbered(hunk) for hunk in patched)
     return files
-
-
-def _strip(path: str) -> str:
-    """Drop git's a/ and b/ prefixes from a unidiff path."""
-    return path[2:] if path[:2] in ("a/", "b/") else path
 
 
 def _numbered(hunk: Any) -> tuple[DiffLine, ...]:
@@ -633,7 +635,7 @@ def _paths(path: str, hunks: Hunks) -> Iterator[str]:
 
 def _comment(hunks: Hunks, finding: Finding, placement: Placement) -> dict[str, Any]:
     """Build one line comment: severity, cleaned text, suggestion, note and hidden marker."""
-    body = _defuse(clean(finding.body)[:MAX_BODY_CHARS])
+    body = _defuse(_cut(clean(finding.body), MAX_BODY_CHARS))
     digest = _digest(body)
     moved = ""
     if placement.moved_from is not None:
@@ -710,6 +712,15 @@ def _overlaps(neighbour: str | None, edge: Sequence[str]) -> bool:
     return bool(neighbour and neighbour.strip() and edge and edge[0] == neighbour)
 
 
+def _cut(text: str, limit: int) -> str:
+    """Shorten text to ``limit`` characters, closing a code fence the cut left open."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rstrip() + "…"
+    fences = sum(1 for line in cut.split("\n") if line.lstrip().startswith(("```", "~~~")))
+    return cut + "\n```" if fences % 2 else cut
+
+
 def _longest_backticks(text: str) -> int:
     """Return the longest run of backticks in text, so a fence can be longer."""
     return max((len(run) for run in re.findall(r"`+", text)), default=0)
@@ -732,7 +743,7 @@ def _key(comment: Mapping[str, Any]) -> tuple[str, int, str]:
 
 
 def _posted(existing: Iterable[Any]) -> set[tuple[str, int, str]]:
-    """Return the keys of line comments a bot posted with a finding marker (outdated ones excluded)."""
+    """Return the keys of current (not outdated) line comments a bot posted with a finding marker."""
     keys: set[tuple[str, int, str]] = set()
     for comment in existing:
         # GitHub logins cannot contain "[", so only an App's account can end in "[bot]".
