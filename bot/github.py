@@ -476,10 +476,15 @@ def _bad_key() -> ConfigError:
 
 
 def _http_client(base_url: str, timeout: float) -> httpx.Client:
-    """Build the httpx client used for the calls PyGithub does not cover."""
+    """Build the httpx client used for the calls PyGithub does not cover.
+
+    These calls are rare (token mints, diffs, logs), so no idle connection is kept: an
+    App object that lives as long as the process then never holds a socket open.
+    """
     return httpx.Client(
         base_url=base_url,
         timeout=timeout,
+        limits=httpx.Limits(max_keepalive_connections=0),
         headers={
             "User-Agent": USER_AGENT,
             "Accept": "application/vnd.github+json",
