@@ -488,3 +488,13 @@ def test_review_thread_feedback_is_recorded_once(world: World) -> None:
     with world.rt.ledger.engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT signal, value, comment_id FROM feedback")).all()
     assert [tuple(r) for r in rows] == [("thread_resolved", 1, 55)]
+
+
+def test_run_job_rerouted_to_a_human_posts_the_note_itself(world: World) -> None:
+    """If routing says human by the time the job runs, it says so and calls no model."""
+    ref = world.ref(force_tier="human")
+    assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is Outcome.PUBLISHED
+    [comment] = world.comments()
+    assert "needs a person" in comment["body"]
+    assert world.local.requests == [] and world.sent == []
+    assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is Outcome.DUPLICATE

@@ -482,18 +482,21 @@ def run_job(ref: JobRef, rt: Runtime, *, deadline: Deadline) -> Outcome:
             if newer:
                 rt.ledger.drop_job(ref, reason=f"superseded by {newer[:12]}")
                 return Outcome.STALE
-            _compute(ref, rt, job, deadline)
+            if _compute(ref, rt, job, deadline) is Outcome.PUBLISHED:
+                return Outcome.PUBLISHED
     rt.send(PUBLISH, ref, GITHUB)
     return Outcome.COMPUTED
 
 
-def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> None:
+def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> Outcome:
     """Gather, route, pack, complete, validate and render; store the result."""
     calls: list[Any] = []
     attempt = uuid.uuid4().hex[:12]
     with contextlib.closing(rt.github(ref.installation_id)) as github:
         gathered = job.gather(github, ref, repo_policy(github, ref.repo, rt.policy))
         decision = decide(ref, gathered, rt)
+        if decision.tier == "human":  # the evidence changed since dispatch routed it
+            return _publish_human(ref, rt, job, github, decision)
         rt.ledger.start_job(
             ref,
             tier=decision.tier,
@@ -541,6 +544,7 @@ def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> No
             ref, completion.tier, model=completion.model, fallbacks=completion.fallbacks
         ),
     )
+    return Outcome.COMPUTED
 
 
 def _record_calls(ref: JobRef, rt: Runtime, calls: Sequence[Any], attempt: str) -> None:
