@@ -350,7 +350,8 @@ class GitHubApp:
         self._timeout = timeout
         self._http = _http_client(self.base_url, timeout)
         self._tokens: dict[int, _Token] = {}
-        self._lock = threading.Lock()
+        self._locks: dict[int, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
         self._bot_login = bot_login
 
     @classmethod
@@ -373,7 +374,9 @@ class GitHubApp:
 
     def installation_token(self, *, installation_id: int) -> str:
         """Return a token for the installation, minting one when none is cached or it is near expiry."""
-        with self._lock:
+        # One lock per installation: a slow or rate-limited mint for one installation
+        # never holds up another, and concurrent callers of one installation mint once.
+        with self._lock_for(installation_id):
             cached = self._tokens.get(installation_id)
             if cached is None or self._clock() >= cached.expires_at - TOKEN_REFRESH_MARGIN:
                 cached = self._policy.run(
@@ -385,8 +388,13 @@ class GitHubApp:
 
     def forget_token(self, *, installation_id: int) -> None:
         """Drop the cached token, e.g. after GitHub refused it, so the next call mints anew."""
-        with self._lock:
+        with self._lock_for(installation_id):
             self._tokens.pop(installation_id, None)
+
+    def _lock_for(self, installation_id: int) -> threading.Lock:
+        """Return the lock that serializes minting for one installation."""
+        with self._locks_guard:
+            return self._locks.setdefault(installation_id, threading.Lock())
 
     def bot_login(self) -> str:
         """Return the login the App's comments carry (``<slug>[bot]``), asking GitHub once."""
@@ -420,13 +428,22 @@ class GitHubApp:
             headers={"Authorization": f"Bearer {self._auth.create_jwt()}"},
         )
         response.raise_for_status()
-        data = response.json()
-        expires_at = datetime.fromisoformat(str(data["expires_at"])).timestamp()
+        try:
+            data = response.json()
+            token = _Token(
+                value=str(data["token"]),
+                expires_at=datetime.fromisoformat(str(data["expires_at"])).timestamp(),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GitHubTransient(
+                "GitHub's access-token answer had no usable token or expires_at",
+                status=response.status_code,
+            ) from exc
         log.info(
             "installation token minted",
             extra={"installation_id": installation_id, "expires_at": data["expires_at"]},
         )
-        return _Token(value=str(data["token"]), expires_at=expires_at)
+        return token
 
     def _app_get(self, path: str) -> dict[str, Any]:
         """GET an App-level endpoint with a JWT."""

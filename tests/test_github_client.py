@@ -236,6 +236,13 @@ def test_fake_rejects_a_jwt_for_another_app_id(fake: FakeGitHub, sleeps: Sleeps)
     other.close()
 
 
+def test_a_malformed_token_answer_is_a_clear_error(fake: FakeGitHub, app: GitHubApp) -> None:
+    fake.inject("POST", r"/access_tokens$", status=201, body={"token": "ghs_x"})
+    with pytest.raises(GitHubTransient, match="expires_at"):
+        app.installation_token(installation_id=INSTALLATION)
+    assert app.installation_token(installation_id=INSTALLATION).startswith("ghs_")
+
+
 def test_unknown_installation_is_not_found(app: GitHubApp) -> None:
     with pytest.raises(GitHubNotFound):
         app.installation_token(installation_id=1)
