@@ -569,3 +569,76 @@ def test_a_long_finding_is_cut_without_leaving_a_fence_open() -> None:
     cut = review._cut(text, 200)
     assert len(cut) < 220 and cut.endswith("…\n```")
     assert review._cut("short", 200) == "short"
+
+
+def test_a_private_only_review_stays_on_the_private_model(setup: Setup) -> None:
+    """A private-only label keeps review (a mid task) on local and asks a human to look."""
+    setup.github.add_pull(
+        REPO, 15, title="Secret", diff=MULTI, head_sha="f" * 40, labels=["cibot:private-only"]
+    )
+    setup.world.local.script(reply=reply(finding(CART, 10)))
+    setup.run(setup.ref(pr=15, sha="f" * 40))
+    posted = setup.only_review(15)
+    assert [c["line"] for c in posted["comments"]] == [10]
+    assert "on the **local** tier" in posted["body"]
+    assert "A human reviewer is asked to check this change" in posted["body"]
+    assert setup.mid.requests == [] and setup.frontier.requests == []
+
+
+def _big_diff(files: int = 60) -> str:
+    """Return a diff of many small files, the last line of each without a final newline."""
+    parts = []
+    for i in range(files):
+        body = "".join(f"+value_{i}_{n} = compute({n}, 'padding text {i}')\n" for n in range(5))
+        parts.append(
+            f"diff --git a/pkg/m{i}.py b/pkg/m{i}.py\n--- a/pkg/m{i}.py\n+++ b/pkg/m{i}.py\n"
+            f"@@ -1,2 +1,7 @@\n import os\n{body}-x = 1\n\\ No newline at end of file\n"
+            f"+x = 2\n\\ No newline at end of file\n"
+        )
+    return "".join(parts)
+
+
+def test_the_labelled_diff_fits_a_small_window() -> None:
+    """Labels cost tokens too: packing shrinks until the labelled prompt fits the window."""
+    from policies.evidence import evidence_from_diff
+    from policies.routing import Decision
+    from workers.tokens import count
+
+    base = load_policy(None)
+    policy = base.model_copy(
+        update={
+            "tiers": {
+                **base.tiers,
+                "mid": base.tiers["mid"].model_copy(update={"context_window": 4096}),
+            },
+            "behaviour": base.behaviour.model_copy(update={"context_reserve_tokens": 0}),
+        }
+    )
+    diff = _big_diff()
+    gathered = pipeline.Gathered(
+        pull=type("Pull", (), {"title": "Many files", "body": "", "head_sha": SHA})(),
+        diff=diff,
+        evidence=evidence_from_diff(diff),
+        policy=policy,
+        extra={"hunks": review.hunks_of(diff)},
+    )
+    # The router would move work this big up a tier; pin mid to test its window.
+    decision = Decision("review", "mid", "openai/gpt-5", False, (), ())
+    built = review.request(gathered, decision)
+    system, user = (m["content"] for m in built.messages)
+    output = policy.tasks["review"].expected_output_tokens
+    assert count(system) + count(user) <= 4096 - output
+    assert "over the token budget" in user and "R3     +value_" in user
+    assert "\\ No newline at end of file" in user and "R7     +x = 2" in user
+
+
+def test_suggestion_text_is_unwrapped_checked_and_bounded() -> None:
+    """A fenced suggestion is unwrapped; copied labels or a huge one are not offered."""
+    hunks = review.hunks_of(MULTI)
+    at_15 = review.Placement(CART, 15, "RIGHT")
+    fenced = review._suggestion(hunks, at_15, "```python\n        return total\n```")
+    assert fenced.startswith("\n```suggestion\n        return total\n```")
+    labelled = review._suggestion(hunks, at_15, "R15    +        return total")
+    assert "A possible change" in labelled
+    assert review._suggestion(hunks, at_15, "x\n" * 61) == ""
+    assert review._suggestion(hunks, at_15, "a ``` b").startswith("\n````suggestion\n")
