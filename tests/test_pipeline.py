@@ -198,7 +198,7 @@ def test_a_summary_goes_through_every_step_once(world: World) -> None:
     assert "Adds a retry helper" in body
     assert "| `src/upload.py` | adds retry() | +3 / −0 |" in body
     assert f"`hosted_vllm/{LOCAL_ID}` on the **local** tier" in body
-    assert "the default tier for summaries" in body
+    assert "the default tier for this task" in body
     assert "👍" in body and "👎" in body
     job = world.rt.ledger.job(job_key(ref))
     assert job is not None

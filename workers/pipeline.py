@@ -36,7 +36,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol, cast
 
-from bot.errors import CibotError, ConfigError, InvalidOutput, ModelError, PrivateTierDown
+from bot.errors import (
+    CibotError,
+    ConfigError,
+    InputError,
+    InvalidOutput,
+    ModelError,
+    PrivateTierDown,
+)
 from bot.settings import Settings
 from policies.evidence import Evidence
 from policies.loading import REPO_SOURCE, merge_repo_config
@@ -620,8 +627,10 @@ def publish(ref: JobRef, rt: Runtime) -> Outcome:
 
 # ---- failure --------------------------------------------------------------------------------
 
-# Errors the PR hears about: the model side could not produce a result.
+# Errors the PR hears about: the model side could not produce a result. A job someone
+# asked for with a comment command also hears about bad input (say, no failed CI to explain).
 TOLD = (ModelError, TimeoutError)
+TOLD_ON_REQUEST = (*TOLD, InputError)
 
 
 def fail(ref: JobRef, rt: Runtime, exc: BaseException) -> None:
@@ -630,7 +639,8 @@ def fail(ref: JobRef, rt: Runtime, exc: BaseException) -> None:
     rt.ledger.finish_job(ref, JobResult(status=FAILED, error_kind=type(exc).__name__, error=reason))
     log.warning("job failed", extra=log_fields(ref, error_kind=type(exc).__name__, error=reason))
     job = job_module(ref.task) if ref.task in MODEL_TASKS else None
-    if job is None or ref.pr_number is None or not isinstance(exc, TOLD):
+    told = TOLD_ON_REQUEST if ref.args.get("requested_by") else TOLD
+    if job is None or ref.pr_number is None or not isinstance(exc, told):
         return
     body = FAILED_TEMPLATE.format(
         task=ref.task, sha=ref.head_sha[:12] or "this PR", reason=reason, marker=job.MARKER

@@ -9,7 +9,6 @@ Plain functions: no Celery import.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +17,7 @@ from policies.model import Policy
 from policies.routing import Decision
 from workers import packing
 from workers.job import JobRef
+from workers.jobs.posting import cell, clean, footer, untrusted
 from workers.pipeline import Gathered, GitHubPort, ModelRequest, nonce
 
 TASK = "summary"
@@ -71,7 +71,7 @@ Title: {title}
 Description:
 {description}
 
-Diff{note}:
+Diff:
 {diff}
 </untrusted-{tag}>
 """
@@ -85,7 +85,7 @@ BODY_TEMPLATE = """\
 
 **Risk notes**
 {risks}
-{human}
+
 <details><summary>File-by-file walkthrough ({count} files)</summary>
 
 | File | Change | +/− |
@@ -93,21 +93,11 @@ BODY_TEMPLATE = """\
 {rows}
 </details>
 
-<sub>Written by `{model}` on the **{tier}** tier · cost ${cost:.4f}{fallbacks} · \
-why this tier: {reasons}</sub>
-{budget}
-<sub>Was this summary useful? React with 👍 or 👎: your votes steer which tier does this work.</sub>
+{footer}
 
 {marker}"""
 
 NO_RISKS = "- _None noted._"
-HUMAN_NOTE = "\n🧑‍💻 **A human reviewer is asked to check this change** ({why}).\n"
-BUDGET_NOTE = (
-    "<sub>💸 This month's external-model budget is spent, so this ran on the private model.</sub>"
-)
-DEFAULT_REASON = "the default tier for summaries"
-HIDDEN = re.compile(r"<!--.*?(-->|$)", re.DOTALL)
-MENTION = re.compile(r"(?<![\w`])@(?=[A-Za-z0-9])")
 
 
 def gather(github: GitHubPort, ref: JobRef, policy: Policy) -> Gathered:
@@ -126,24 +116,22 @@ def request(gathered: Gathered, decision: Decision) -> ModelRequest:
     tier = policy.tiers[decision.tier]
     tag = nonce()
     system = SYSTEM_PROMPT.format(tag=tag)
-    description = _untrusted(gathered.pull.body or "(none)", tag)[:MAX_DESCRIPTION_CHARS]
+    description = untrusted(gathered.pull.body or "(none)", tag)[:MAX_DESCRIPTION_CHARS]
     frame = USER_PROMPT.format(
         tag=tag,
-        title=_untrusted(gathered.pull.title, tag),
+        title=untrusted(gathered.pull.title, tag),
         description=description,
-        note="",
         diff="",
     )
     reserve = (
         policy.tasks["summary"].expected_output_tokens + policy.behaviour.context_reserve_tokens
     )
     room = packing.budget(window=tier.context_window, prompt=system + frame, reserve=reserve)
-    packed = packing.pack(_untrusted(gathered.diff, tag), budget_tokens=max(room, 1))
+    packed = packing.pack(untrusted(gathered.diff, tag), budget_tokens=max(room, 1))
     user = USER_PROMPT.format(
         tag=tag,
-        title=_untrusted(gathered.pull.title, tag),
+        title=untrusted(gathered.pull.title, tag),
         description=description,
-        note=f" ({packed.note.removeprefix(packing.NOTE_PREFIX)})" if packed.note else "",
         diff=packed.text,
     )
     return ModelRequest(
@@ -169,22 +157,14 @@ def render(
 ) -> dict[str, Any]:
     """Build the sticky comment: summary, risks, walkthrough table, tier, cost, reasons."""
     data: Mapping[str, Any] = completion.data
-    risks = [f"- {_clean(r)}" for r in data.get("risks", []) if str(r).strip()]
-    reasons = "; ".join(f"`{r.trigger}`: {_cell(r.evidence)}" for r in decision.reasons)
-    fallbacks = completion.fallbacks
+    risks = [f"- {clean(r)}" for r in data.get("risks", []) if str(r).strip()]
     body = BODY_TEMPLATE.format(
-        what=_clean(data["what"]),
-        why=_clean(data.get("why", "")) or "not stated",
+        what=clean(data["what"]),
+        why=clean(data.get("why", "")) or "not stated",
         risks="\n".join(risks) or NO_RISKS,
-        human=HUMAN_NOTE.format(why=_human_why(decision)) if decision.human_review else "",
         count=len(gathered.files),
         rows=_rows(gathered.files, data.get("files", [])),
-        model=completion.model,
-        tier=completion.tier,
-        cost=cost_usd,
-        fallbacks=f" · {fallbacks} fallback{'s' if fallbacks != 1 else ''}" if fallbacks else "",
-        reasons=reasons or DEFAULT_REASON,
-        budget=BUDGET_NOTE if "over_budget" in completion.fallback_reasons else "",
+        footer=footer(decision, completion, cost_usd, noun="summary"),
         marker=MARKER,
     )
     return {"body": body}
@@ -202,36 +182,13 @@ def _number(ref: JobRef) -> int:
     return ref.pr_number
 
 
-def _untrusted(text: str, tag: str) -> str:
-    """Remove any copy of the delimiter from untrusted text, so it cannot close the block."""
-    return text.replace(f"untrusted-{tag}", "untrusted")
-
-
-def _clean(value: Any) -> str:
-    """Make model text safe to post: no hidden comments (or fake markers), no @-pings."""
-    text = HIDDEN.sub("", str(value)).strip()
-    return MENTION.sub("@\u200b", text)
-
-
-def _cell(value: Any) -> str:
-    """Make text fit one Markdown table cell."""
-    text = _clean(value).replace("\r", " ").replace("\n", " ").replace("|", "\\|")
-    return text[:MAX_CELL_CHARS] + ("…" if len(text) > MAX_CELL_CHARS else "")
-
-
 def _rows(files: Sequence[Any], described: Sequence[Any]) -> str:
     """Render one table row per changed file, with the model's note where it gave one."""
     notes = {str(e.get("path")): e.get("change", "") for e in described if isinstance(e, Mapping)}
     rows = [
-        f"| `{_cell(f.path)}` | {_cell(notes.get(f.path, '')) or '—'} | +{f.additions} / −{f.deletions} |"
+        f"| `{cell(f.path)}` | {cell(notes.get(f.path, '')) or '—'} | +{f.additions} / −{f.deletions} |"
         for f in files[:MAX_TABLE_ROWS]
     ]
     if len(files) > MAX_TABLE_ROWS:
         rows.append(f"| … | and {len(files) - MAX_TABLE_ROWS} more files | |")
     return "\n".join(rows)
-
-
-def _human_why(decision: Decision) -> str:
-    """Say why a person is asked to look."""
-    human = [r.evidence for r in decision.reasons if r.trigger == "human_review"]
-    return _cell(human[0]) if human else "policy"
