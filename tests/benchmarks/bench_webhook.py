@@ -8,7 +8,11 @@ Starts a private redis-server and the real `cibot serve` in a subprocess, then:
 It checks that every delivery landed on the Celery queue exactly once, counts the Redis
 commands per delivery (INFO commandstats), and prints a table of medians over the runs.
 
-    .venv/bin/python tests/benchmarks/bench_webhook.py [--runs 3] [--rate 500] [--seconds 10]
+    .venv/bin/python tests/benchmarks/bench_webhook.py [--runs 3] [--rate 500] [--seconds 5]
+
+uvicorn picks up httptools and uvloop when they are importable (uvicorn[standard]);
+with them the server spends about a fifth less CPU per delivery than with h11.
+The server's CPU per delivery is the figure least disturbed by other load on the box.
 """
 
 from __future__ import annotations
