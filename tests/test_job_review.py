@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from bot.github import GitHubClient
 from bot.settings import Settings
@@ -542,7 +541,8 @@ def test_stored_results_are_plain_json(setup: Setup) -> None:
     stored = json.loads(setup.world.rt.redis.get(pipeline.state_key(ref, "result")))
     [comment] = stored["payload"]["comments"]
     assert (comment["path"], comment["line"], comment["side"]) == (CART, 10, "RIGHT")
-    assert stored["tier"] == "mid" and yaml.safe_dump(stored)
+    assert stored["tier"] == "mid" and review.FINDING_MARK.search(comment["body"])
+    assert "👍" in stored["payload"]["footer"] and stored["payload"]["threshold"] == "minor"
 
 
 def test_paths_keep_a_directory_named_a_and_deleted_files_anchor_left() -> None:
