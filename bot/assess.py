@@ -26,7 +26,7 @@ RUNG = (
 )
 BREAKEVEN = (
     "  {rung:<8} utilization at this rate {utilization:>8.3%}; breaks even with API-only at "
-    "{bought:.1%} (bought) / {rented:.1%} (rented)"
+    "{bought} (bought) / {rented} (rented)"
 )
 
 
@@ -121,9 +121,14 @@ def render(report: dict[str, Any]) -> str:
         BREAKEVEN.format(
             rung=row["rung"],
             utilization=row["utilization"],
-            bought=row["breakeven_utilization_bought"],
-            rented=row["breakeven_utilization_rented"],
+            bought=_percent(row["breakeven_utilization_bought"]),
+            rented=_percent(row["breakeven_utilization_rented"]),
         )
         for row in spend["hybrid"]
     ]
     return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    """Format a ratio as a percentage, or say it is undefined."""
+    return "n/a" if value is None else f"{value:.1%}"

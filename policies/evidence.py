@@ -69,6 +69,8 @@ class CiFacts:
 class TestFacts:
     """Report how generated tests fared: failed rounds and changed-line coverage (0..1)."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
     failed_rounds: int = 0
     coverage: float | None = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -254,11 +255,16 @@ def _hybrid(tally: Tally, policy: Policy, months: float, blended: float) -> list
                 "bought_usd": round(api + econ.monthly_bought, 2),
                 "rented_usd": round(api + econ.monthly_rented, 2),
                 "utilization": round(econ.utilization, 5),
-                "breakeven_utilization_bought": round(econ.breakeven_utilization_bought, 4),
-                "breakeven_utilization_rented": round(econ.breakeven_utilization_rented, 4),
+                "breakeven_utilization_bought": _finite(econ.breakeven_utilization_bought),
+                "breakeven_utilization_rented": _finite(econ.breakeven_utilization_rented),
             }
         )
     return rows
+
+
+def _finite(value: float) -> float | None:
+    """Round a ratio for the report; None where it is undefined (no API work to compare)."""
+    return round(value, 4) if math.isfinite(value) else None
 
 
 def now_utc() -> datetime:
