@@ -24,11 +24,12 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from bot import webhooks
-from bot.errors import PayloadError, PayloadTooLarge, SignatureError, WebhookError
+from bot.dashboard import Dashboard
+from bot.errors import InputError, PayloadError, PayloadTooLarge, SignatureError, WebhookError
 from bot.events import Context, Router
 from bot.features import checks, comments, feedback, installs, pulls
 from bot.intake import DEFAULT_DEBOUNCE_SECONDS, CeleryBroker, Intake, log_fields
@@ -89,6 +90,7 @@ def create_app(
             yield
         finally:
             await run_in_threadpool(intake.stop if enqueue else intake.close)
+            await run_in_threadpool(board.close)
 
     async def webhook(request: Request) -> Response:
         return await receive(edge, request)
@@ -100,10 +102,26 @@ def create_app(
         body = await run_in_threadpool(edge.metrics.render)
         return Response(body, media_type=CONTENT_TYPE)
 
+    board = Dashboard(settings, policy)
+
+    async def dashboard(request: Request) -> Response:
+        params = request.query_params
+        try:
+            page = await run_in_threadpool(
+                board.page, days=params.get("days"), repo=params.get("repo")
+            )
+        except InputError as exc:
+            return PlainTextResponse(f"{exc}\n", status_code=400)
+        except Exception:
+            log.exception("dashboard failed")
+            return PlainTextResponse("the ledger is not reachable; see the logs\n", status_code=503)
+        return HTMLResponse(page)
+
     routes = [
         Route("/webhook", webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/dashboard", dashboard, methods=["GET"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 

@@ -307,6 +307,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def load_report(
+    ledger: Any, policy: Policy, *, since: datetime | None, until: datetime, repo: str | None
+) -> Report:
+    """Read the window's rows from the ledger and compute the report."""
+    jobs, calls, outcomes = ledger.rows(since=since, until=until)
+    return compute_report(jobs, calls, outcomes, policy, since, until, repo=repo)
+
+
 def run(args: argparse.Namespace) -> int:
     """Read the ledger named by CIBOT_DATABASE_URL and print the report."""
     from bot.settings import Settings
@@ -321,10 +329,9 @@ def run(args: argparse.Namespace) -> int:
     policy = load_policy(settings.policy_path, overrides=settings.tier_overrides)
     ledger = Ledger(settings.database_url)
     try:
-        jobs, calls, outcomes = ledger.rows(since=since, until=until)
+        report = load_report(ledger, policy, since=since, until=until, repo=args.repo)
     finally:
         ledger.close()
-    report = compute_report(jobs, calls, outcomes, policy, since, until, repo=args.repo)
     if args.json:
         json.dump(report.to_json(), sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
