@@ -346,3 +346,16 @@ def test_pack_of_the_huge_diff_fits_and_reports_the_rest() -> None:
     left = sum(o.hunks for o in packed.omitted if o.reason == "budget")
     assert len(packed.hunks) + left == len(markers)
     assert "and " in packed.note and "more" in packed.note
+
+
+def test_a_hunk_ending_without_a_newline_does_not_swallow_the_next_file() -> None:
+    """A '\\ No newline at end of file' line closes its hunk; the next file appears once."""
+    diff = (
+        "diff --git a/x.py b/x.py\n--- a/x.py\n+++ b/x.py\n@@ -1,2 +1,2 @@\n a = 1\n-b = 2\n+b = 3\n"
+        "\\ No newline at end of file\n"
+        "diff --git a/y.py b/y.py\n--- a/y.py\n+++ b/y.py\n@@ -1 +1 @@\n-c = 1\n+c = 2\n"
+    )
+    packed = pack(diff, budget_tokens=10_000)
+    assert packed.text.count("+c = 2") == 1
+    assert packed.text.count("diff --git a/y.py") == 1
+    assert "\\ No newline at end of file" in packed.text

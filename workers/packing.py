@@ -389,7 +389,12 @@ def _render_as_is(hunk: Any, section: str, diff_lines: list[str]) -> str:
         f"@@ -{hunk.source_start},{hunk.source_length} +{hunk.target_start},{hunk.target_length} @@"
         f"{' ' + section if section else ''}\n"
     )
-    first, last = hunk[0].diff_line_no, hunk[-1].diff_line_no
+    # unidiff leaves "\ No newline at end of file" unnumbered: take the numbered span and
+    # keep such a marker right after it, never slicing to the end of the diff.
+    numbered = [line.diff_line_no for line in hunk if line.diff_line_no is not None]
+    first, last = numbered[0], numbered[-1]
+    if last < len(diff_lines) and diff_lines[last].startswith("\\"):
+        last += 1
     return head + "\n".join(diff_lines[first - 1 : last]) + "\n"
 
 
