@@ -13,7 +13,9 @@ import importlib
 import json
 import logging
 import os
+import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -151,13 +153,33 @@ class _Request:
         self.pending_reason = reason
 
 
+_import_lock = threading.Lock()
+_loaded: dict[str, Any] = {}
+
+
 def _litellm() -> Any:
     """Import litellm on first use, offline (its price map is bundled) and quiet."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
+    module = _loaded.get("litellm")
+    if module is not None:
+        return module
+    with _import_lock:
+        if "litellm" not in _loaded:
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            with warnings.catch_warnings():
+                # litellm builds pydantic schemas lazily, inside its first call, and pydantic
+                # warns about their ReadOnly TypedDict items. A mocked call (no network)
+                # builds them here, once, so no call of ours ever trips over the warning.
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"pydantic\.")
+                import litellm
 
-    litellm.suppress_debug_info = True
-    return litellm
+                litellm.suppress_debug_info = True
+                litellm.completion(
+                    model="hosted_vllm/warm-up",
+                    messages=[{"role": "user", "content": "warm up"}],
+                    mock_response="ok",
+                )
+            _loaded["litellm"] = litellm
+    return _loaded["litellm"]
 
 
 def _price_entry(model: str) -> dict[str, Any] | None:
