@@ -275,12 +275,17 @@ def test_acceptance_and_frontier_spend_feed_routing(ledger: Ledger) -> None:
         JobResult(
             status=SUCCEEDED,
             tier="frontier",
-            calls=[CallInput(tier="frontier", model="opus", cost_usd=1.5)],
+            calls=[
+                CallInput(tier="frontier", model="opus", cost_usd=1.5),
+                CallInput(tier="mid", model="sonnet", cost_usd=0.25),
+                CallInput(tier="local", model="oss", cost_usd=0.01),
+            ],
         ),
         at=T0,
     )
     assert ledger.acceptance(installation_id=42) == {"summary": (2, 3)}
-    assert ledger.frontier_spend(installation_id=42, since=T0 - timedelta(days=1)) == 1.5
+    # Every external tier counts against the budget; the private one does not.
+    assert ledger.frontier_spend(installation_id=42, since=T0 - timedelta(days=1)) == 1.75
     assert ledger.frontier_spend(installation_id=42, since=T0 + timedelta(days=1)) == 0.0
 
 

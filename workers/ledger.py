@@ -553,12 +553,16 @@ class Ledger:
     # ---- reads for routing and the report ---------------------------------------------
 
     def frontier_spend(self, *, installation_id: int, since: datetime) -> float:
-        """Return the installation's API spend on the frontier tier since ``since``."""
+        """Return the installation's spend on external (API) tiers since ``since``.
+
+        The monthly "frontier budget" caps everything that leaves the private tiers, mid
+        included, as the Redis budget gate in workers/budget.py does.
+        """
         with self.engine.connect() as conn:
             value = conn.execute(
                 select(func.coalesce(func.sum(ModelCallRecord.cost_usd), 0.0)).where(
                     ModelCallRecord.installation_id == installation_id,
-                    ModelCallRecord.tier == "frontier",
+                    ModelCallRecord.private.is_(False),
                     ModelCallRecord.created_at >= since,
                 )
             ).scalar_one()
