@@ -341,6 +341,7 @@ def remove_tree(path: Path) -> None:
     """Delete a directory tree, even parts a run made unreadable (chmod 000)."""
 
     def retry(function: Callable[..., Any], name: str, _info: Any) -> None:
+        """Make the path and its folder writable again, then retry the removal."""
         with contextlib.suppress(OSError):
             os.chmod(os.path.dirname(name), stat.S_IRWXU)
             os.chmod(name, stat.S_IRWXU)
