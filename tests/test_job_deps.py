@@ -7,12 +7,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.errors import GitHubNotFound, InputError
 from policies import deps as manifests
@@ -729,3 +732,67 @@ def test_validate_accepts_detected_bumps_in_any_spelling() -> None:
         ),
     )
     deps.validate(gathered, reply())  # saying nothing per bump is allowed; the table has facts
+
+
+# ---- hostile input ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<details><summary>" * 3600,
+        "<details><summary>x</summary>" * 2200,
+        "<code>" * 10000,
+        "Removed `a` " * 6000,
+        ("<" + "a" * 199) * 300,
+        "# acme-client left-pad\n" * 6000,
+        " " * 65000 + "x",
+    ],
+    ids=["open-details", "summaries", "open-code", "removals", "tags", "headers", "spaces"],
+)
+def test_a_hostile_body_is_read_in_linear_time(body: str) -> None:
+    """A body shaped to make backtracking regexes explode is read in well under a second."""
+    bumps = [
+        manifests.Bump("requirements.txt", "acme-client", "1.4.0", "1.5.0", 1),
+        manifests.Bump("package.json", "left-pad", "1.0.0", "2.0.0", 2),
+    ]
+    started = time.perf_counter()
+    notes = deps.release_notes(body, bumps)
+    for name, text in notes.items():
+        assert len(deps.changes_in(text, where="notes", package=name)) <= deps.MAX_CHANGES
+    assert len(deps.changes_in(body, where="notes")) <= deps.MAX_CHANGES
+    assert time.perf_counter() - started < 2.0
+
+
+@given(st.text(alphabet=st.sampled_from(list("`<>/abc ().:-_\n#RrEeMmOoVvDd")), max_size=400))
+@settings(max_examples=150, deadline=None)
+def test_any_notes_text_yields_only_identifier_shaped_names(text: str) -> None:
+    """Whatever the notes say, every extracted name is an identifier and names are unique."""
+    found = deps.changes_in(text, where="notes")
+    assert len({c.symbol for c in found}) == len(found) <= deps.MAX_CHANGES
+    assert all(deps.IDENTIFIER.match(c.symbol) and c.how in ("removed", "renamed") for c in found)
+
+
+class GoneReader:
+    """A HeadReader whose files have vanished, or are too large for the contents API."""
+
+    def tree_paths(self, repo: str, sha: str) -> list[str]:
+        """List two files."""
+        return ["gone.py", "huge.py"]
+
+    def file_at(self, repo: str, path: str, *, ref: str) -> str | None:
+        """Fail the way the GitHub client does."""
+        if path == "gone.py":
+            raise GitHubNotFound("Not Found", status=404)
+        raise InputError(f"{path} is too large to read through the contents API")
+
+
+def test_a_tree_file_that_cannot_be_read_is_skipped() -> None:
+    """A 404 or an oversized file reads as None; the survey goes on without it."""
+    source = deps.source_for(GoneReader(), REPO, "f" * 40, "")
+    assert isinstance(source, deps.TreeSource)
+    assert source.read("gone.py") is None and source.read("huge.py") is None
+    the_bump = manifests.Bump("requirements.txt", "acme-client", "1.4.0", "1.5.0", 1)
+    facts = deps.survey([the_bump], (), "Removed `foo()`.", source, sha="f" * 40)
+    assert facts.removed_symbols() == () and (facts.read, facts.total) == (2, 2)
+    assert isinstance(deps.source_for(object(), REPO, "f" * 40, ""), PullSource)

@@ -375,7 +375,7 @@ STOP_NAMES = frozenset({"none", "null", "true", "false", "self", "this", "nil", 
 
 def normalise_notes(text: str) -> str:
     """Turn release-note HTML into plain text with `code` spans, one list item per line."""
-    text = re.sub(r"<code>(.*?)</code>", lambda m: f"`{m.group(1)}`", text, flags=re.S | re.I)
+    text = re.sub(r"<code>([^<`]{1,200})</code>", lambda m: f"`{m.group(1)}`", text, flags=re.I)
     text = re.sub(r"<(?:br|/p|/li|/h\d|/tr|/summary)\s*/?>|<li>", "\n", text, flags=re.I)
     text = re.sub(r"<[^>\n]{1,200}>", "", text)
     return html.unescape(text)
@@ -423,19 +423,21 @@ def _name_of(symbol: str) -> str:
     return re.split(r"\.|::|#", symbol.removesuffix("()"))[-1]
 
 
-DETAILS = re.compile(r"<details>\s*<summary>(.*?)</summary>(.*?)</details>", re.S | re.I)
+SUMMARY = re.compile(r"<summary>([^<]{0,200})</summary>", re.I)
 NOISE_SUMMARY = re.compile(r"commits|dependabot commands|configuration", re.I)
+MAX_BODY_CHARS = 65_536  # GitHub's limit on a PR body; more is not a real body
 HEADER = re.compile(r"^\s*(?:#{1,6}\s|<summary>|<h[1-6]>|Updates\s|Bumps\s|\*\*)", re.I)
 
 
 def release_notes(body: str, bumps: Sequence[Bump]) -> dict[str, str]:
     """Split a PR body into each bumped package's release notes (Dependabot, Renovate, prose)."""
-    text = DETAILS.sub(lambda m: "" if NOISE_SUMMARY.search(m.group(1)) else m.group(0), body or "")
+    text = drop_noise((body or "")[:MAX_BODY_CHARS])
+    names = [(b.name, _mention_pattern(b)) for b in bumps]
     sections: dict[str, list[str]] = {b.name: [] for b in bumps}
     current = bumps[0].name if len(bumps) == 1 else None
     for line in text.splitlines():
         if HEADER.match(line):
-            named = [b.name for b in bumps if _mentions(line, b)]
+            named = [name for name, pattern in names if pattern.search(line)]
             if len(named) == 1:
                 current = named[0]
         if current is not None:
@@ -443,11 +445,27 @@ def release_notes(body: str, bumps: Sequence[Bump]) -> dict[str, str]:
     return {name: "\n".join(lines)[:MAX_NOTES_CHARS] for name, lines in sections.items()}
 
 
-def _mentions(line: str, bump: Bump) -> bool:
-    """Tell whether a line names the bumped package (any spelling of it)."""
-    return any(
-        re.search(rf"(?<![\w./-]){re.escape(key)}(?![\w-])", line, re.I) for key in _keys(bump)
-    )
+def drop_noise(body: str) -> str:
+    """Drop the <details> blocks that hold commit lists or bot commands, in one linear pass."""
+    lower, kept, pos = body.lower(), [], 0
+    while (start := lower.find("<details>", pos)) != -1:
+        end = lower.find("</details>", start)
+        if end == -1:
+            break
+        end += len("</details>")
+        summary = SUMMARY.search(body, start, min(end, start + 400))
+        kept.append(body[pos:start])
+        if not (summary and NOISE_SUMMARY.search(summary.group(1))):
+            kept.append(body[start:end])
+        pos = end
+    kept.append(body[pos:])
+    return "".join(kept)
+
+
+def _mention_pattern(bump: Bump) -> re.Pattern[str]:
+    """Match the bumped package's name (any spelling of it) as a whole word."""
+    keys = "|".join(re.escape(key) for key in _keys(bump))
+    return re.compile(rf"(?<![\w./-])(?:{keys})(?![\w-])", re.I)
 
 
 def _keys(bump: Bump) -> tuple[str, ...]:
@@ -468,8 +486,8 @@ def changelog_section(text: str, old: str, new: str) -> str:
     kept: list[str] = []
     started = False
     for line in text.splitlines():
-        heading = VERSION_HEADING.match(line)
-        if heading and len(line) <= 120:
+        heading = VERSION_HEADING.match(line) if len(line) <= 120 else None
+        if heading:
             version = deps.version_tuple(heading.group(1))
             if version <= low:
                 break
