@@ -537,6 +537,8 @@ def test_dependabot_release_notes_yield_removed_names_only() -> None:
         ("Added `new()`.", []),
         ("Removed `None` handling and `--flag`.", []),
         ("Fix: removing a key no longer crashes.", []),
+        ("`retry` was removed from the `Client` class.", [("retry", "removed", "")]),
+        ("Removed `old()` (use `new()`).", [("old()", "removed", "new()")]),
     ],
 )
 def test_changes_in_reads_sentences_conservatively(
@@ -567,13 +569,15 @@ def test_a_vendored_changelog_gives_the_section_between_the_versions(tmp_path: P
     )
     (tmp_path / "app.py").write_text("import acme_client\nacme_client.Client.old\n", "utf-8")
     the_bump = manifests.Bump("requirements.txt", "acme-client", "1.4.0", "1.5.0", 1)
-    facts = deps.survey([the_bump], (), "", CheckoutSource(tmp_path))
+    body = "Bumps acme-client.\n- `Client.old` has been removed; use `fetch()`."
+    facts = deps.survey([the_bump], (), body, CheckoutSource(tmp_path))
     [upgrade] = facts.upgrades
-    assert [(c.symbol, c.how) for c in upgrade.changes] == [
-        ("foo()", "removed"),
-        ("Client.old", "renamed"),
+    # Each name once, in order of first mention; the release notes come first.
+    assert [(c.symbol, c.how, c.where) for c in upgrade.changes] == [
+        ("Client.old", "removed", "the release notes"),
+        ("foo()", "removed", "vendor/acme-client/CHANGELOG.md"),
     ]
-    assert all(c.where == "vendor/acme-client/CHANGELOG.md" for c in upgrade.changes)
+    assert "too_new" not in upgrade.notes and "ancient" not in upgrade.notes
     assert [(u.path, u.line, u.what) for u in upgrade.uses] == [("app.py", 2, "Client.old")]
     assert facts.removed_symbols() == ("Client.old from acme-client",)
     assert (facts.read, facts.total) == (1, 1)  # the vendored copy is not searched as code

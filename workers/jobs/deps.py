@@ -340,7 +340,7 @@ class Change:
     @property
     def name(self) -> str:
         """Return the last component, the name a caller writes."""
-        return re.split(r"\.|::|#", self.symbol.removesuffix("()"))[-1]
+        return _name_of(self.symbol)
 
     @property
     def call(self) -> bool:
@@ -370,6 +370,8 @@ INSTEAD = re.compile(
 SENTENCE = re.compile(r"(?<=[.;!?])\s+(?=[A-Z`*_\[])|\n")
 # "Removed `a()`. Use `b()` instead.": the next sentence names the replacement.
 LEADS_TO = re.compile(r"\s*(?:use|prefer|migrate\s+to|switch\s+to)\s+`([^`\n]{1,100})`", re.I)
+# "`a` was removed from `Client`": the container stays; only `a` went.
+CONTAINER = re.compile(r"\b(removed|dropped|deleted)\s+from\s+(?:the\s+)?`[^`\n]{0,100}`", re.I)
 STOP_NAMES = frozenset({"none", "null", "true", "false", "self", "this", "nil", "undefined"})
 
 
@@ -399,6 +401,7 @@ def changes_in(text: str, *, where: str, package: str = "") -> list[Change]:
 
 def _sentence_changes(sentence: str, where: str) -> Iterator[Change]:
     """Yield the changes one sentence states: names before the turn, a replacement after it."""
+    sentence = CONTAINER.sub(r"\1", sentence)
     renamed, removed = bool(RENAMED.search(sentence)), bool(REMOVED.search(sentence))
     if not (renamed or removed) or FUTURE.search(sentence):
         return
@@ -744,13 +747,14 @@ def _upstream(
         section = changelog_section(source.read(path) or "", bump.old, bump.new)
         texts.append(f"From {path}:\n{section}")
         changes += changes_in(section, where=path, package=bump.name)
-    changes += removed_definitions(files, bump)
-    unique = {c.symbol: c for c in reversed(changes)}  # the first source of a name wins
+    unique: dict[str, Change] = {}
+    for change in changes + removed_definitions(files, bump):
+        unique.setdefault(change.symbol, change)  # the first source of a name wins
     return Upgrade(
         bump=bump,
         move=module_move(files, bump),
         notes="\n\n".join(texts)[:MAX_NOTES_CHARS],
-        changes=tuple(reversed(unique.values()))[:MAX_CHANGES],
+        changes=tuple(unique.values())[:MAX_CHANGES],
     )
 
 
