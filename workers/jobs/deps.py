@@ -854,21 +854,8 @@ def request(gathered: Gathered, decision: Decision) -> ModelRequest:
     facts: Survey = gathered.extra["survey"]
     tag = nonce()
     system = SYSTEM_PROMPT.format(tag=tag)
-    title = untrusted(gathered.pull.title, tag)
-    shown = facts.upgrades[:MAX_BUMPS_SHOWN]
-    more = len(facts.upgrades) - len(shown)
-    bumps = untrusted(_bump_blocks(shown), tag)
-    scope = scope_line(facts)
-    frame = USER_PROMPT.format(
-        tag=tag,
-        title=title,
-        count=len(facts.upgrades),
-        more=_more(more),
-        scope=scope,
-        bumps=bumps,
-        note="",
-        diff="",
-    )
+    bumps = untrusted(_bump_blocks(facts.upgrades[:MAX_BUMPS_SHOWN]), tag)
+    frame = _user_prompt(tag, gathered.pull.title, facts, bumps)
     reserve = policy.tasks["deps"].expected_output_tokens + policy.behaviour.context_reserve_tokens
     room = packing.budget(
         window=policy.tiers[decision.tier].context_window, prompt=system + frame, reserve=reserve
@@ -876,20 +863,29 @@ def request(gathered: Gathered, decision: Decision) -> ModelRequest:
     packed = packing.pack(
         untrusted(gathered.diff, tag), budget_tokens=max(min(room, MAX_DIFF_TOKENS), 1)
     )
-    user = USER_PROMPT.format(
-        tag=tag,
-        title=title,
-        count=len(facts.upgrades),
-        more=_more(more),
-        scope=scope,
-        bumps=bumps,
-        note=f" ({packed.note.removeprefix(packing.NOTE_PREFIX)})" if packed.note else "",
-        diff=packed.text or "(not shown)",
-    )
+    note = f" ({packed.note.removeprefix(packing.NOTE_PREFIX)})" if packed.note else ""
+    user = _user_prompt(tag, gathered.pull.title, facts, bumps, note, packed.text or "(not shown)")
     return ModelRequest(
         messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
         schema=SCHEMA,
         validate=lambda data: validate(gathered, data),
+    )
+
+
+def _user_prompt(
+    tag: str, title: str, facts: Survey, bumps: str, note: str = "", diff: str = ""
+) -> str:
+    """Fill the user prompt; every PR-derived part sits inside the untrusted block."""
+    more = len(facts.upgrades) - MAX_BUMPS_SHOWN
+    return USER_PROMPT.format(
+        tag=tag,
+        title=untrusted(title, tag),
+        count=len(facts.upgrades),
+        more=_more(more),
+        scope=scope_line(facts),
+        bumps=bumps,
+        note=note,
+        diff=diff,
     )
 
 
