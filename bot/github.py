@@ -596,6 +596,19 @@ class GitHubClient:
             policy=RetryPolicy(sleep=sleep, clock=clock),
         )
 
+    def clone_url(self, repo: str) -> str:
+        """Return an HTTPS git URL for ``repo`` carrying the live token.
+
+        The token is a secret: callers pass it to git through its environment, never on a
+        command line or in a log (see workers.jobs.tests.fetch_commit).
+        """
+        _check_repo(repo)
+        api = self.base_url
+        # github.com's API lives on its own host; Enterprise serves it under /api/v3.
+        web = "https://github.com" if api == DEFAULT_BASE_URL else api.removesuffix("/api/v3")
+        scheme, _, host = web.partition("://")
+        return f"{scheme}://x-access-token:{self._token()}@{host}/{repo}.git"
+
     def close(self) -> None:
         """Close the client's HTTP connections."""
         self._gh.close()

@@ -892,3 +892,25 @@ def test_app_manifest_asks_for_exactly_what_the_client_uses() -> None:
         "active": True,
     }
     assert manifest["public"] is False
+
+
+def test_clone_url_carries_the_token_for_github_and_enterprise() -> None:
+    """The URL a worker fetches the PR head from: github.com, or an Enterprise host."""
+    from bot.github import GitHubClient
+
+    dotcom = GitHubClient.from_token(token="ghs_clone_token", base_url="https://api.github.com")
+    ghe = GitHubClient.from_token(token="ghs_clone_token", base_url="https://ghe.example/api/v3")
+    try:
+        assert (
+            dotcom.clone_url("acme/app")
+            == "https://x-access-token:ghs_clone_token@github.com/acme/app.git"
+        )
+        assert (
+            ghe.clone_url("acme/app")
+            == "https://x-access-token:ghs_clone_token@ghe.example/acme/app.git"
+        )
+        with pytest.raises(InputError):
+            dotcom.clone_url("../../etc")
+    finally:
+        dotcom.close()
+        ghe.close()

@@ -192,34 +192,31 @@ def test_a_failed_round_is_retried_once_with_its_errors(world: World, project: P
 def test_two_failed_rounds_leave_the_local_tier_with_tests_failed_twice(
     world: World, project: Project
 ) -> None:
-    """Two failed local rounds escalate; the post names tests_failed_twice as the reason.
-
-    Through the pipeline's single completion the model client climbs one tier at a time,
-    so mid answers first here; ``compute`` (below) goes straight to the routed tier.
-    """
+    """Through the pipeline, two failed local rounds go straight to frontier, as routed."""
     world.local.script(reply=reply("failing"))
-    world.external.script(model("gpt-5"), reply=reply("good"))
+    world.external.script(model("gpt-5.5"), reply=reply("good"))
     ref = open_pr(world, project)
     world.through(ref)
     body = sticky(world)["body"]
-    assert "on the **mid** tier" in body
+    assert "on the **frontier** tier" in body
     assert "`tests_failed_twice`: generated tests failed 2 rounds" in body
     record = world.rt.ledger.job(job_key(ref))
-    assert record is not None and record["tier_path"] == "local>mid"
+    assert record is not None and record["tier_path"] == "local>frontier"
     assert len(world.local.chat_requests()) == 2
+    assert [b["model"] for b in world.external.chat_requests()] == ["gpt-5.5"]
 
 
 def test_coverage_under_target_is_raised_with_coverage_below_target(
     world: World, project: Project
 ) -> None:
-    """Passing tests that miss 70% of the changed lines go back, then up to mid."""
+    """Passing tests that miss 70% of the changed lines go up to mid with what they missed."""
     world.local.script(reply=reply("low"))
     world.external.script(model("gpt-5"), reply=reply("good"))
     ref = open_pr(world, project)
     world.through(ref)
-    second = world.local.chat_requests()[1]["messages"][-1]["content"]
-    assert "run only 44% of the changed lines (target 70%)" in second
-    assert "src/shop/pricing.py: 14, 30-33" in second
+    extend = world.external.chat_requests()[0]["messages"][-1]["content"]
+    assert "run only 44% of the changed lines (the target is 70%)" in extend
+    assert "src/shop/pricing.py: 14, 30-33" in extend
     body = sticky(world)["body"]
     assert "on the **mid** tier" in body and "coverage 100%" in body
     assert "`coverage_below_target`: changed-line coverage 44% is under the target 70%" in body

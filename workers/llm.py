@@ -270,7 +270,9 @@ def check_reply(
         except (ValueError, LookupError, TypeError) as exc:
             # A validator that trips over an odd reply (a missing key, a wrong type) has
             # found an invalid reply, not a bug: retry or escalate rather than crash the job.
-            raise InvalidOutput(f"{type(exc).__name__}: {exc}"[:300]) from exc
+            # Keep enough of the problem for a repair round to act on (a failing test's
+            # assertion and traceback tail), but bounded: it goes back into a prompt.
+            raise InvalidOutput(f"{type(exc).__name__}: {exc}"[:2000]) from exc
     return data
 
 

@@ -135,6 +135,7 @@ class ModelPort(Protocol):
         installation_id: int,
         task: str = "",
         delivery_id: str = "",
+        reason: str | None = None,
     ) -> Any:
         """Return a Completion (.text, .data, .tier, .model, .calls, .fallbacks, ...)."""
 
@@ -513,10 +514,11 @@ def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> Ou
             triggers=[r.trigger for r in decision.reasons],
         )
         deadline.check("the model call")
-        request = job.request(gathered, decision)
-        try:
-            completion = rt.model(calls.append).complete(
-                decision.tier,
+        model = rt.model(calls.append)
+
+        def complete(tier: str, request: ModelRequest, reason: str = "") -> Any:
+            return model.complete(
+                tier,
                 request.messages,
                 schema=request.schema,
                 validate=request.validate,
@@ -524,7 +526,17 @@ def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> Ou
                 installation_id=ref.installation_id,
                 task=ref.task,
                 delivery_id=ref.delivery_id,
+                reason=reason or None,
             )
+
+        try:
+            # A job with rounds of its own (generated tests: run, feed errors back, climb
+            # on the routing table's facts) drives its calls; the rest make one request.
+            rounds = getattr(job, "compute", None)
+            if rounds is not None:
+                completion = rounds(gathered, decision, complete)
+            else:
+                completion = complete(decision.tier, job.request(gathered, decision))
             job.validate(gathered, completion.data)
         except PrivateTierDown as exc:
             _record_calls(ref, rt, calls, attempt)
