@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bot.errors import TRANSIENT, ConfigError, InputError
+from bot.errors import TRANSIENT, ConfigError, InputError, NothingToDo
 from bot.settings import Settings
 from policies.loading import load_policy
 from policies.model import Policy
@@ -239,6 +239,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         outcome = _with_retries(pipeline.enqueue_model_job, ref, rt)
         posted = rt.redis.exists(pipeline.state_key(ref, "done"))
+    except NothingToDo as exc:
+        pipeline.fail(ref, rt, exc)  # drops the job; a step with nothing to do succeeds
+        print(f"cibot ci: {ref.task}: nothing to do: {exc}", file=sys.stderr)
+        return 0
     except Exception as exc:
         pipeline.fail(ref, rt, exc)
         raise

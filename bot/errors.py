@@ -6,6 +6,7 @@ third-party exceptions into this tree with ``raise ... from exc``::
     CibotError
     ├── ConfigError              bad settings, policy or repo config (names key and file)
     ├── InputError               input the user gave us is unusable (not a diff, unknown task)
+    │   └── NothingToDo          a job found nothing to work on (no failed CI, no bump); dropped
     ├── WebhookError             a delivery we refuse
     │   ├── SignatureError       missing, forged or wrong-algorithm signature   → 401
     │   ├── PayloadError         malformed JSON or missing headers               → 400
@@ -45,6 +46,15 @@ class ConfigError(CibotError):
 
 class InputError(CibotError):
     """Reject input the user supplied (a diff, a task name, a file)."""
+
+
+class NothingToDo(InputError):
+    """Stop a job that has nothing to work on; ``posted`` says whether it told the PR itself."""
+
+    def __init__(self, message: str, *, posted: bool = False) -> None:
+        """Keep whether the job already posted its own reply."""
+        super().__init__(message)
+        self.posted = posted
 
 
 class WebhookError(CibotError):

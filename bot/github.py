@@ -762,6 +762,29 @@ class GitHubClient:
             raise InputError(f"{path} in {repo} is too large to read through the contents API")
         return content.decoded_content.decode("utf-8", errors="replace")
 
+    def tree_paths(self, repo: str, sha: str) -> list[str]:
+        """List every file path of the commit ``sha`` (its recursive git tree)."""
+
+        def fetch() -> list[str]:
+            repository = self._repo(repo)
+            tree = repository.get_git_commit(sha).tree.sha
+            entries = repository.get_git_tree(tree, recursive=True).tree
+            return [entry.path for entry in entries if entry.type == "blob"]
+
+        return list(self._call("tree_paths", repo, fetch))
+
+    def file_at(self, repo: str, path: str, *, ref: str) -> str | None:
+        """Return a text file as it is at ``ref``, or None when it is absent or too large."""
+        try:
+            content = self._call(
+                "file_at", repo, lambda: self._repo(repo).get_contents(path, ref=ref)
+            )
+        except GitHubNotFound:
+            return None
+        if isinstance(content, list) or content.encoding != "base64":
+            return None
+        return content.decoded_content.decode("utf-8", errors="replace")
+
     def find_comment(self, repo: str, number: int, marker: str) -> CommentInfo | None:
         """Return the bot's own comment on the PR that carries ``marker``, if any."""
         login = self._login()

@@ -27,7 +27,7 @@ from workers.celery_app import PUBLISH, RUN_JOB
 from workers.job import JobRef
 from workers.jobs import deps
 from workers.jobs.deps import Change, CheckoutSource, PullSource, Survey, Upgrade
-from workers.ledger import FAILED, SUCCEEDED, ModelCallRecord, job_key
+from workers.ledger import DROPPED, SUCCEEDED, ModelCallRecord, job_key
 from workers.pipeline import Gathered, Outcome
 
 # The pipeline tests' fixtures: the fakes, a Runtime built from the environment, a ledger.
@@ -154,49 +154,18 @@ def prompt(server: Any, index: int = 0) -> tuple[str, str]:
     return system, user
 
 
-class HeadReading:
-    """The real client plus the two ``HeadReader`` reads, as bot.github would add them.
-
-    They use the same PyGithub calls and retry wrapper as the client's own reads, so the
-    requests are the real REST ones (git commit → recursive tree, contents at a ref).
-    """
+class DiffOnly:
+    """A GitHub client that cannot list or read files at a commit (say, an older server)."""
 
     def __init__(self, client: Any) -> None:
         """Wrap one installation client."""
         self._client = client
 
     def __getattr__(self, name: str) -> Any:
-        """Delegate everything else to the real client."""
+        """Delegate everything but the head reads to the real client."""
+        if name in ("tree_paths", "file_at"):
+            raise AttributeError(name)
         return getattr(self._client, name)
-
-    def tree_paths(self, repo: str, sha: str) -> list[str]:
-        """List the commit's files (git commit, then its recursive tree)."""
-        client = self._client
-
-        def fetch() -> list[str]:
-            repository = client._repo(repo)
-            tree = repository.get_git_commit(sha).tree.sha
-            entries = repository.get_git_tree(tree, recursive=True).tree
-            return [e.path for e in entries if e.type == "blob"]
-
-        return list(client._call("tree_paths", repo, fetch))
-
-    def file_at(self, repo: str, path: str, *, ref: str) -> str | None:
-        """Read one file at a commit through the contents API."""
-        client = self._client
-        try:
-            content = client._call(
-                "file_at", repo, lambda: client._repo(repo).get_contents(path, ref=ref)
-            )
-        except GitHubNotFound:
-            return None
-        return None if isinstance(content, list) else content.decoded_content.decode()
-
-
-def read_the_head(world: World) -> None:
-    """Give the runtime GitHub clients that can list and read the repository at a commit."""
-    plain: Callable[[int], Any] = world.rt.github
-    world.rt.github = lambda installation_id: HeadReading(plain(installation_id))
 
 
 def calls_of(world: World, ref: JobRef) -> list[tuple[str, str, str, str]]:
@@ -244,7 +213,7 @@ def test_a_patch_bump_stays_local_and_posts_one_table(world: World) -> None:
     assert "Breaking surface" not in text
     assert "on the **local** tier" in text and "the default tier for this task" in text
     assert "Was this upgrade notes useful? React with 👍 or 👎" in text
-    assert "Searched only the lines this pull request changes" in text
+    assert "code files of the repository at `" in text  # the real client reads the head tree
     row = job_row(world, ref)
     assert (row["status"], row["tier_path"], row["triggers"], row["comment_id"]) == (
         SUCCEEDED,
@@ -300,7 +269,6 @@ def test_a_removed_api_the_repo_calls_fires_removed_api(world: World) -> None:
     world.github.set_file(REPO, "src/defs.py", DEFS_PY)  # imports the package, defines foo
     world.github.set_file(REPO, "README.md", "Call foo() to sync.\n")
     ref = open_pull(world, 23, ACME_DIFF, DEPENDABOT, title="Bump acme-client from 1.4.0 to 1.5.0")
-    read_the_head(world)
     entry = bump("acme-client", "1.4.0", "1.5.0", affected=["src/sync.py"], notes="Call fetch().")
     world.external.script(reply=reply(entry, summary="foo() is gone; sync() must move."))
     assert world.through(ref)[-1] is Outcome.PUBLISHED
@@ -339,6 +307,8 @@ def test_with_the_plain_client_the_prs_own_lines_are_searched(world: World) -> N
         "@@ -10,3 +10,4 @@\n import acme_client\n \n def run():\n+    return acme_client.foo()\n"
     )
     diff = requirements_diff("acme-client==1.4.0", "acme-client==1.5.0", extra)
+    plain: Callable[[int], Any] = world.rt.github
+    world.rt.github = lambda installation_id: DiffOnly(plain(installation_id))
     ref = open_pull(world, 24, diff, DEPENDABOT)
     world.external.script(reply=reply(bump("acme-client", "1.4.0", "1.5.0")))
     assert world.through(ref)[-1] is Outcome.PUBLISHED
@@ -356,7 +326,6 @@ def test_a_go_module_v2_path_bump_names_the_imports_to_change(world: World) -> N
     world.github.set_file(REPO, "internal/router/router.go", ROUTER_GO)
     world.github.set_file(REPO, "internal/util/util.go", UTIL_GO)
     ref = open_pull(world, 25, CHI_DIFF, "Bumps github.com/go-chi/chi to v5.")
-    read_the_head(world)
     entry = bump(
         "github.com/go-chi/chi/v5",
         "v1.5.5",
@@ -438,7 +407,7 @@ def test_a_pr_without_manifest_changes_gets_a_short_reply_and_no_model_call(
     assert world.local.requests == [] and world.external.requests == []
     assert world.sent == []
     row = job_row(world, ref)
-    assert (row["status"], row["error_kind"]) == (FAILED, "InputError")
+    assert row["status"] == DROPPED  # nothing to do is not a failure of the bot
     assert "no upgrade notes to write" in row["error"]
 
 
@@ -450,6 +419,7 @@ def test_a_commanded_job_without_bumps_still_ends_in_one_note(world: World) -> N
     pipeline.fail(ref, world.rt, raised.value)
     [note] = deps_comments(world, 31)
     assert re.search(r"changes no dependency (version|manifest)", note["body"])
+    assert "could not finish" not in note["body"]  # the job's own answer is not overwritten
     assert world.local.requests == [] and world.external.requests == []
 
 

@@ -42,6 +42,7 @@ from bot.errors import (
     InputError,
     InvalidOutput,
     ModelError,
+    NothingToDo,
     PrivateTierDown,
 )
 from bot.settings import Settings
@@ -72,6 +73,10 @@ HUMAN_TEMPLATE = """\
 🧑‍💻 **This {task} needs a person.** cibot routed it to a human reviewer rather than a model.
 
 {reasons}
+{marker}"""
+
+NOTHING_TEMPLATE = """\
+ℹ️ **Nothing for cibot to do here:** {reason}.
 {marker}"""
 
 FAILED_TEMPLATE = """\
@@ -648,6 +653,9 @@ TOLD_ON_REQUEST = (*TOLD, InputError)
 def fail(ref: JobRef, rt: Runtime, exc: BaseException) -> None:
     """Record a job's permanent failure with its reason, and tell the PR when it helps."""
     reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    if isinstance(exc, NothingToDo):
+        _nothing_to_do(ref, rt, exc, reason)
+        return
     rt.ledger.finish_job(ref, JobResult(status=FAILED, error_kind=type(exc).__name__, error=reason))
     log.warning("job failed", extra=log_fields(ref, error_kind=type(exc).__name__, error=reason))
     job = job_module(ref.task) if ref.task in MODEL_TASKS else None
@@ -672,3 +680,19 @@ def now() -> datetime:
 def nonce() -> str:
     """Return an unguessable tag for delimiting untrusted text in prompts."""
     return secrets.token_hex(6)
+
+
+def _nothing_to_do(ref: JobRef, rt: Runtime, exc: NothingToDo, reason: str) -> None:
+    """Drop a job with nothing to work on; answer a request the job did not answer itself."""
+    rt.ledger.drop_job(ref, reason=reason)
+    rt.redis.set(state_key(ref, "done"), "1", ex=DONE_TTL_S)
+    log.info("nothing to do", extra=log_fields(ref, reason=reason))
+    job = job_module(ref.task) if ref.task in MODEL_TASKS else None
+    if exc.posted or job is None or ref.pr_number is None or not ref.args.get("requested_by"):
+        return
+    body = NOTHING_TEMPLATE.format(reason=reason, marker=job.MARKER)
+    try:
+        with contextlib.closing(rt.github(ref.installation_id)) as github:
+            github.upsert_comment(ref.repo, ref.pr_number, marker=job.MARKER, body=body)
+    except CibotError as error:
+        log.warning("nothing-to-do note not posted", extra=log_fields(ref, error=str(error)))

@@ -24,6 +24,7 @@ from bot.errors import (
     GitHubPermission,
     GitHubValidation,
     InputError,
+    NothingToDo,
 )
 from policies.evidence import CiFacts, Evidence, FileChange, evidence_from_diff
 from policies.model import TIER_ORDER, Policy
@@ -214,7 +215,7 @@ def gather(github: CiGitHub, ref: JobRef, policy: Policy) -> Gathered:
     head = ref.head_sha or pull.head_sha
     failures = failed_jobs(github, ref, head)
     if not failures:
-        raise InputError(f"no failed CI job was found on {head[:12]}: there is nothing to explain")
+        raise NothingToDo(f"no failed CI job was found on {head[:12]}: there is nothing to explain")
     budget = log_budget(policy, min(len(failures), MAX_JOBS))
     jobs = tuple(read_log(github, ref, failure, budget) for failure in _unique(failures[:MAX_JOBS]))
     diff, files = _diff(github, ref.repo, number)

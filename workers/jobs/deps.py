@@ -45,7 +45,7 @@ from typing import Any, Protocol, runtime_checkable
 from unidiff.errors import UnidiffParseError
 from unidiff.patch import PatchSet
 
-from bot.errors import GitHubNotFound, InputError
+from bot.errors import GitHubNotFound, InputError, NothingToDo
 from policies import deps
 from policies.deps import Bump
 from policies.evidence import FileChange, evidence_from_diff
@@ -841,10 +841,9 @@ def nothing_to_do(github: GitHubPort, ref: JobRef, files: Sequence[FileChange]) 
     github.upsert_comment(
         ref.repo, _number(ref), marker=MARKER, body=NOTHING_TEMPLATE.format(why=why, marker=MARKER)
     )
-    # A command-requested job's failure note replaces this one (pipeline.fail), so the
-    # error says the same thing in its own words.
-    raise InputError(
-        "this pull request changes no dependency version, so there are no upgrade notes to write"
+    raise NothingToDo(
+        "this pull request changes no dependency version, so there are no upgrade notes to write",
+        posted=True,
     )
 
 

@@ -57,6 +57,7 @@ from bot.errors import (
     GitHubPermission,
     InputError,
     InvalidOutput,
+    NothingToDo,
     SandboxError,
 )
 from policies.evidence import Evidence, FileChange, TestFacts, evidence_from_diff
@@ -808,16 +809,18 @@ def _stop_if(github: GitHubPort, ref: JobRef, nothing: str | None) -> None:
     """Post the plain reply and stop the job (no model call) when there is nothing to test."""
     if nothing is not None:
         _reply(github, ref, nothing)
-        raise InputError(f"no tests to write for {ref.repo}#{ref.pr_number}: {nothing}")
+        raise NothingToDo(
+            f"no tests to write for {ref.repo}#{ref.pr_number}: {nothing}", posted=True
+        )
 
 
 def _evidence(github: GitHubPort, ref: JobRef, diff: str, pull: Any) -> Evidence:
     """Build the routing evidence; a diff with no text at all gets the plain reply."""
     try:
         return evidence_from_diff(diff, repo=ref.repo, labels=frozenset(pull.labels))
-    except InputError:
+    except InputError as exc:
         _reply(github, ref, NO_PYTHON)
-        raise
+        raise NothingToDo(str(exc), posted=True) from exc
 
 
 def _nothing_to_do(evidence: Evidence, sources: Sequence[FileChange]) -> str | None:
