@@ -14,6 +14,7 @@ from bot.errors import InputError
 LOCK_FILES = frozenset(
     {
         "package-lock.json",
+        "npm-shrinkwrap.json",
         "yarn.lock",
         "pnpm-lock.yaml",
         "poetry.lock",
@@ -30,6 +31,15 @@ GENERATED = re.compile(
     r"(\.min\.(js|css)|\.map|_pb2(_grpc)?\.pyi?|\.pb\.go|\.generated\.\w+|\.snap)$"
     r"|(^|/)(vendor|dist|node_modules|third_party)/"
 )
+
+
+def file_kind(path: str) -> str | None:
+    """Say whether a path is a lock file ("lock_file"), generated output ("generated"), or neither."""
+    if path.rsplit("/", 1)[-1] in LOCK_FILES:
+        return "lock_file"
+    return "generated" if GENERATED.search(path) else None
+
+
 DIFF_START = re.compile(r"^(diff --git |--- |\+\+\+ |@@ )", re.MULTILINE)
 
 
@@ -53,8 +63,7 @@ class FileChange:
     @property
     def is_lock_or_generated(self) -> bool:
         """Tell whether the file is a lock file or generated output."""
-        name = self.path.rsplit("/", 1)[-1]
-        return name in LOCK_FILES or bool(GENERATED.search(self.path))
+        return file_kind(self.path) is not None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ with a marker in its hunk header and reported as ``truncated``.
 
 from __future__ import annotations
 
-import posixpath
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,27 +31,11 @@ from unidiff.errors import UnidiffParseError
 from unidiff.patch import PatchSet
 
 from bot.errors import InputError
+from policies.evidence import file_kind
 from workers.tokens import count
 
 Reason = Literal["deletion_only", "lock_file", "generated", "binary", "budget", "truncated"]
 
-LOCK_FILES = frozenset(
-    {
-        "package-lock.json",
-        "npm-shrinkwrap.json",
-        "yarn.lock",
-        "pnpm-lock.yaml",
-        "poetry.lock",
-        "uv.lock",
-        "Cargo.lock",
-        "go.sum",
-        "Pipfile.lock",
-        "composer.lock",
-        "Gemfile.lock",
-    }
-)
-GENERATED_SUFFIXES = (".min.js", ".min.css", ".map", "_pb2.py", "_pb2_grpc.py", ".pb.go")
-GENERATED_DIRS = ("vendor", "dist", "node_modules")
 GENERATED_MARKERS = ("@generated", "DO NOT EDIT")
 MARKER_LINES = 10  # how many lines of the first hunk may carry a generated marker
 ENCLOSING_REACH = 20  # how far above a hunk to look for its enclosing definition
@@ -332,15 +315,12 @@ def _header(pf: Any, *, bare: bool = False) -> str:
 
 def _skip_reason(pf: Any, path: str) -> Reason | None:
     """Say why a whole file stays out of the prompt, or None when it may go in."""
-    name = posixpath.basename(path)
     if pf.is_binary_file:
         return "binary"
-    if name in LOCK_FILES:
+    kind = file_kind(path)
+    if kind == "lock_file":
         return "lock_file"
-    parts = path.split("/")[:-1]
-    if name.endswith(GENERATED_SUFFIXES) or any(d in parts for d in GENERATED_DIRS):
-        return "generated"
-    if len(pf) and _has_marker(pf[0]):
+    if kind == "generated" or (len(pf) and _has_marker(pf[0])):
         return "generated"
     return None
 
