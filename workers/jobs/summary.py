@@ -9,8 +9,11 @@ Plain functions: no Celery import.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from policies.evidence import evidence_from_diff
 from policies.model import Policy
@@ -98,6 +101,21 @@ BODY_TEMPLATE = """\
 {marker}"""
 
 NO_RISKS = "- _None noted._"
+MAX_PARTS = 12  # a map-reduce summary reads at most this many parts of one diff
+PART_NOTE = "(This diff is too large for one request: this is part {n} of {total}.)\n"
+COMBINE_NOTE = (
+    "(The diff was too large for one request, so it was summarised in {parts} parts.{left} "
+    "Below are the partial summaries, as JSON, in place of the diff. Combine them into one "
+    "summary of the whole pull request, with one 'files' entry per file.)\n"
+)
+LEFT_OUT = " {count} further parts were not read; say that the summary is partial."
+
+
+class Complete(Protocol):
+    """Complete one request on one tier (the pipeline binds the job's ids and recorder)."""
+
+    def __call__(self, tier: str, request: ModelRequest, reason: str = "") -> Any:
+        """Return a workers.llm.Completion."""
 
 
 def gather(github: GitHubPort, ref: JobRef, policy: Policy) -> Gathered:
@@ -110,34 +128,114 @@ def gather(github: GitHubPort, ref: JobRef, policy: Policy) -> Gathered:
     return Gathered(pull=pull, diff=diff, evidence=evidence, policy=policy, files=files)
 
 
-def request(gathered: Gathered, decision: Decision) -> ModelRequest:
-    """Pack the diff into what the tier's window leaves after the prompt and the reply."""
-    policy = gathered.policy
-    tier = policy.tiers[decision.tier]
+@dataclass(frozen=True)
+class Frame:
+    """Hold one prompt's fixed parts: the nonce, the system text and the fenced PR text."""
+
+    tag: str
+    system: str
+    title: str
+    description: str
+
+    def user(self, diff: str) -> str:
+        """Return the user message around a packed diff."""
+        return USER_PROMPT.format(
+            tag=self.tag, title=self.title, description=self.description, diff=diff
+        )
+
+
+def frame(gathered: Gathered) -> Frame:
+    """Fence the PR's title and description behind a fresh nonce."""
     tag = nonce()
-    system = SYSTEM_PROMPT.format(tag=tag)
-    description = untrusted(gathered.pull.body or "(none)", tag)[:MAX_DESCRIPTION_CHARS]
-    frame = USER_PROMPT.format(
+    return Frame(
         tag=tag,
+        system=SYSTEM_PROMPT.format(tag=tag),
         title=untrusted(gathered.pull.title, tag),
-        description=description,
-        diff="",
+        description=untrusted(gathered.pull.body or "(none)", tag)[:MAX_DESCRIPTION_CHARS],
     )
+
+
+def room(gathered: Gathered, decision: Decision, fixed: Frame) -> int:
+    """Return the diff's token budget: the tier's window less the prompt and the reply."""
+    policy = gathered.policy
     reserve = (
         policy.tasks["summary"].expected_output_tokens + policy.behaviour.context_reserve_tokens
     )
-    room = packing.budget(window=tier.context_window, prompt=system + frame, reserve=reserve)
-    packed = packing.pack(untrusted(gathered.diff, tag), budget_tokens=max(room, 1))
-    user = USER_PROMPT.format(
-        tag=tag,
-        title=untrusted(gathered.pull.title, tag),
-        description=description,
-        diff=packed.text,
+    window = policy.tiers[decision.tier].context_window
+    return max(
+        packing.budget(window=window, prompt=fixed.system + fixed.user(""), reserve=reserve), 1
     )
+
+
+def request(gathered: Gathered, decision: Decision) -> ModelRequest:
+    """Pack the diff into what the tier's window leaves after the prompt and the reply."""
+    fixed = frame(gathered)
+    packed = packing.pack(
+        untrusted(gathered.diff, fixed.tag), budget_tokens=room(gathered, decision, fixed)
+    )
+    return _request(gathered, fixed.system, fixed.user(packed.text))
+
+
+def _request(gathered: Gathered, system: str, user: str) -> ModelRequest:
+    """Wrap a system and user message with the summary schema and validator."""
     return ModelRequest(
         messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
         schema=SCHEMA,
         validate=lambda data: validate(gathered, data),
+    )
+
+
+def compute(gathered: Gathered, decision: Decision, complete: Complete) -> Any:
+    """Summarise in one call, or, when the diff overflows the window, map-reduce it.
+
+    Each part is summarised on its own (map), then one more call combines the partial
+    summaries (reduce). Every hunk is in exactly one part; parts past MAX_PARTS are left
+    out and the combined summary says so.
+    """
+    fixed = frame(gathered)
+    diff = untrusted(gathered.diff, fixed.tag)
+    parts = packing.chunks(diff, budget_tokens=room(gathered, decision, fixed))
+    if len(parts) <= 1:
+        return complete(
+            decision.tier,
+            _request(gathered, fixed.system, fixed.user(parts[0].text if parts else "")),
+        )
+    shown = parts[:MAX_PARTS]
+    partials = [
+        complete(
+            decision.tier,
+            _request(
+                gathered,
+                fixed.system,
+                fixed.user(PART_NOTE.format(n=n, total=len(parts)) + part.text),
+            ),
+        )
+        for n, part in enumerate(shown, start=1)
+    ]
+    notes = "\n".join(
+        f"Part {n}: " + untrusted(json.dumps(p.data, ensure_ascii=False), fixed.tag)
+        for n, p in enumerate(partials, start=1)
+    )
+    left = LEFT_OUT.format(count=len(parts) - len(shown)) if len(parts) > len(shown) else ""
+    combined = complete(
+        decision.tier,
+        _request(
+            gathered,
+            fixed.system,
+            fixed.user(COMBINE_NOTE.format(parts=len(shown), left=left) + notes),
+        ),
+    )
+    return _merge(partials, combined)
+
+
+def _merge(partials: Sequence[Any], combined: Any) -> Any:
+    """Return the combined completion carrying every call of the map and reduce steps."""
+    everything = [*partials, combined]
+    return dataclasses.replace(
+        combined,
+        calls=tuple(call for c in everything for call in c.calls),
+        fallbacks=sum(int(c.fallbacks) for c in everything),
+        fallback_reasons=tuple(r for c in everything for r in c.fallback_reasons),
     )
 
 
