@@ -10,12 +10,15 @@ import pytest
 
 from bot.settings import Settings
 from policies.loading import load_policy
-from tests.test_pipeline import GOOD, REPO, World, environment, fakes, write_policy  # noqa: F401
+from tests import test_pipeline
+from tests.test_pipeline import GOOD, REPO, World, environment, write_policy
 from workers.jobs import summary
 from workers.ledger import SUCCEEDED, job_key
 from workers.pipeline import Outcome, Runtime
 
 BIG_SHA = "b" * 40
+# The pipeline tests' fixture: the fake GitHub and the two fake model servers.
+fakes = test_pipeline.fakes
 
 
 def big_diff(files: int = 40, lines: int = 30) -> str:
