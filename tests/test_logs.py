@@ -156,7 +156,7 @@ def many_failures(count_: int, noise: int = 30) -> Iterator[bytes]:
         lines = [f"2024-01-01T00:00:00.0000000Z step {i} line {j} ok" for j in range(noise)]
         lines += [
             "Traceback (most recent call last):",
-            f'  File "/home/runner/work/r/r/svc{i % 3}/app.py", line {i + 1}, in run',
+            f'  File "/home/runner/_work/r/r/svc{i % 3}/app.py", line {i + 1}, in run',
             "    handle()",
             f"ValueError: failure number {i}",
         ]

@@ -125,7 +125,7 @@ PATH = re.compile(
 )
 # Checkout roots of common CI runners; a path under one is made relative to the repo.
 WORKSPACE = re.compile(
-    r"^/(?:home/runner/work/[^/]+/[^/]+|__w/[^/]+/[^/]+|github/workspace|builds/[^/]+/[^/]+)/"
+    r"^/(?:home/runner/_?work/[^/]+/[^/]+|__w/[^/]+/[^/]+|github/workspace|builds/[^/]+/[^/]+)/"
 )
 FOREIGN = ("site-packages/", "dist-packages/", "node_modules/", "go/pkg/mod/", ".cargo/registry/")
 
