@@ -15,6 +15,9 @@ from policies.evidence import Evidence, FileChange
 from policies.model import CATEGORIES, Policy
 
 MAX_LINE = 80
+# Prose mentions "JWT" or "Stripe" without changing how either is handled: content rules
+# look at code and config only (path globs still apply to every file).
+PROSE = re.compile(r"\.(md|markdown|rst|txt|adoc)$", re.IGNORECASE)
 LEADING_FLAGS = re.compile(r"^\(\?([aiLmsux]+)\)")
 NAMED_GROUP = re.compile(r"\(\?P<\w+>")  # pathspec names its groups; names may not repeat
 
@@ -137,7 +140,7 @@ def sensitive(evidence: Evidence, policy: Policy) -> Iterator[Reason]:
     """Yield a reason for each sensitive path and each sensitive added or removed line."""
     matchers = compiled(policy).categories
     for change in evidence.files:
-        scan = not change.binary and not change.is_lock_or_generated
+        scan = not (change.binary or change.is_lock_or_generated or PROSE.search(change.path))
         body = (
             "\n".join([t for _, t in change.added] + [t for _, t in change.removed]) if scan else ""
         )

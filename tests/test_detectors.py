@@ -464,3 +464,19 @@ def test_compiled_matchers_are_cached_per_policy_object() -> None:
     assert detectors.compiled(POLICY) is detectors.compiled(POLICY)
     copy = POLICY.model_copy()
     assert detectors.compiled(copy) is not detectors.compiled(POLICY)
+
+
+def test_prose_that_mentions_sensitive_words_is_not_a_sensitive_change() -> None:
+    """A README line about JWT and Stripe is documentation; the same words in code count."""
+    from policies.detectors import sensitive
+    from policies.evidence import evidence_from_diff
+    from policies.loading import load_policy
+
+    def diff(path: str, line: str) -> str:
+        return f"diff --git a/{path} b/{path}\n--- a/{path}\n+++ b/{path}\n@@ -1 +1,2 @@\n x\n+{line}\n"
+
+    policy = load_policy()
+    prose = evidence_from_diff(diff("docs/auth-guide.md", "Tokens are JWT signed; Stripe charges."))
+    code = evidence_from_diff(diff("src/billing.py", "token = jwt.encode(claims, key)"))
+    assert [r for r in sensitive(prose, policy) if r.trigger == "sensitive_content"] == []
+    assert {r.category for r in sensitive(code, policy)} == {"auth"}
