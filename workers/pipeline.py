@@ -519,41 +519,63 @@ def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> Ou
             triggers=[r.trigger for r in decision.reasons],
         )
         deadline.check("the model call")
-        model = rt.model(calls.append)
-
-        def complete(tier: str, request: ModelRequest, reason: str = "") -> Any:
-            return model.complete(
-                tier,
-                request.messages,
-                schema=request.schema,
-                validate=request.validate,
-                private_only=decision.private_only,
-                installation_id=ref.installation_id,
-                task=ref.task,
-                delivery_id=ref.delivery_id,
-                reason=reason or None,
-            )
-
+        complete = _completer(ref, decision, rt.model(calls.append))
         try:
-            # A job with rounds of its own (generated tests: run, feed errors back, climb
-            # on the routing table's facts) drives its calls; the rest make one request.
-            rounds = getattr(job, "compute", None)
-            if rounds is not None:
-                completion = rounds(gathered, decision, complete)
-            else:
-                completion = complete(decision.tier, job.request(gathered, decision))
-            job.validate(gathered, completion.data)
+            completion = _complete_job(job, gathered, decision, complete)
         except PrivateTierDown as exc:
             _record_calls(ref, rt, calls, attempt)
             _hold(ref, rt, job, github, exc)
             raise
         except (ModelError, ValueError) as exc:
-            _record_calls(ref, rt, calls, attempt)
+            _record_calls(ref, rt, calls, attempt)  # failed calls cost money too
             if isinstance(exc, ValueError):
                 raise InvalidOutput(f"the reply failed validation: {exc}") from exc
             raise
     _record_calls(ref, rt, calls, attempt)
-    payload = job.render(gathered, decision, completion, job_cost(completion.calls))
+    _store(
+        ref, rt, job.render(gathered, decision, completion, job_cost(completion.calls)), completion
+    )
+    return Outcome.COMPUTED
+
+
+def _completer(ref: JobRef, decision: Decision, model: ModelPort) -> Callable[..., Any]:
+    """Bind the job's ids and residency to the model client: complete(tier, request, reason)."""
+
+    def complete(tier: str, request: ModelRequest, reason: str = "") -> Any:
+        return model.complete(
+            tier,
+            request.messages,
+            schema=request.schema,
+            validate=request.validate,
+            private_only=decision.private_only,
+            installation_id=ref.installation_id,
+            task=ref.task,
+            delivery_id=ref.delivery_id,
+            reason=reason or None,
+        )
+
+    return complete
+
+
+def _complete_job(
+    job: JobModule, gathered: Gathered, decision: Decision, complete: Callable[..., Any]
+) -> Any:
+    """Get a validated completion: one request, or the job's own rounds when it has them.
+
+    A job with rounds (generated tests: run, feed the errors back, climb on the routing
+    table's facts; a summary too large for one window: map, then reduce) drives its calls.
+    """
+    rounds = getattr(job, "compute", None)
+    if rounds is not None:
+        completion = rounds(gathered, decision, complete)
+    else:
+        completion = complete(decision.tier, job.request(gathered, decision))
+    job.validate(gathered, completion.data)
+    return completion
+
+
+def _store(ref: JobRef, rt: Runtime, payload: Mapping[str, Any], completion: Any) -> None:
+    """Keep the rendered result for the publish step."""
     result = {
         "payload": payload,
         "tier": completion.tier,
@@ -568,7 +590,6 @@ def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> Ou
             ref, completion.tier, model=completion.model, fallbacks=completion.fallbacks
         ),
     )
-    return Outcome.COMPUTED
 
 
 def _record_calls(ref: JobRef, rt: Runtime, calls: Sequence[Any], attempt: str) -> None:
