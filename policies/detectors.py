@@ -77,6 +77,133 @@ class Matcher:
     paths: GlobSet
     content: tuple[tuple[re.Pattern[str], GlobSet | None], ...]
     any_content: re.Pattern[str] | None
+    prefilter: Prefilter | None = None
+
+
+@dataclass(frozen=True)
+class Prefilter:
+    """Rule out most lines fast: a superset of a category's content rules.
+
+    Python's re scans an alternation of plain literals with a first-character table, but
+    not one behind a leading ``\\b`` or lookbehind, or under IGNORECASE. Dropping a leading
+    assertion only widens a match, and a case-insensitive rule matches lowercased text
+    with its literals lowercased, so this filter never misses what the exact rules would
+    find; a body it passes is then checked by the exact rules.
+    """
+
+    folded: tuple[re.Pattern[str], ...]  # the case-insensitive rules, run on lowercased text
+    exact: tuple[re.Pattern[str], ...]  # the case-sensitive rules, run on the text as it is
+
+    def passes(self, text: str, lowered: str) -> bool:
+        """Tell whether the exact rules could match ``text``."""
+        return any(r.search(lowered) for r in self.folded) or any(
+            r.search(text) for r in self.exact
+        )
+
+
+def prefilter(patterns: Iterable[str]) -> Prefilter | None:
+    """Build the fast superset of these patterns, or None when one cannot be widened safely."""
+    folded: list[re.Pattern[str]] = []
+    exact: list[re.Pattern[str]] = []
+    for pattern in patterns:
+        widened = _widen(pattern)
+        if widened is None:
+            return None
+        insensitive, compiled_rule = widened
+        (folded if insensitive else exact).append(compiled_rule)
+    return Prefilter(folded=tuple(folded), exact=tuple(exact))
+
+
+def _widen(pattern: str) -> tuple[bool, re.Pattern[str]] | None:
+    """Return (case-insensitive?, a regex matching at least what ``pattern`` matches)."""
+    if not pattern.isascii():
+        return None
+    flags = LEADING_FLAGS.match(pattern)
+    letters = flags.group(1) if flags else ""
+    if set(letters) - {"i"}:
+        return None
+    body = pattern[flags.end() :] if flags else pattern
+    parts = [_drop_leading_assertions(part) for part in _top_level(body)]
+    if any(part is None or not part for part in parts):
+        return None
+    widened = "|".join(p for p in parts if p is not None)
+    insensitive = "i" in letters
+    try:
+        return insensitive, re.compile(_lower_literals(widened) if insensitive else widened)
+    except re.error:
+        return None
+
+
+def _top_level(pattern: str) -> list[str]:
+    """Split a pattern on its top-level ``|`` (outside groups, classes and escapes)."""
+    parts, depth, start, i, in_class = [], 0, 0, 0, False
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            parts.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    parts.append(pattern[start:])
+    return parts
+
+
+def _drop_leading_assertions(part: str) -> str | None:
+    """Strip leading ``\\b``, ``^`` and lookbehinds; None when the part is not plain enough."""
+    while True:
+        if part.startswith("\\b"):
+            part = part[2:]
+        elif part.startswith("^"):
+            part = part[1:]
+        elif part.startswith(("(?<!", "(?<=")):
+            close = _group_end(part)
+            if close is None:
+                return None
+            part = part[close + 1 :]
+        else:
+            return part
+
+
+def _group_end(pattern: str) -> int | None:
+    """Return the index of the ``)`` closing the group that opens at index 0."""
+    depth, i, in_class = 0, 0, False
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return None
+
+
+def _lower_literals(pattern: str) -> str:
+    """Lowercase a pattern's letters, leaving every backslash escape (\\S, \\W, \\B) as it is."""
+    out: list[str] = []
+    escaped = False
+    for char in pattern:
+        out.append(char if escaped else char.lower())
+        escaped = not escaped and char == "\\"
+    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -118,7 +245,11 @@ def _matcher(category: str, policy: Policy) -> Matcher:
     )
     combined = "|".join(_scoped(rule.pattern) for rule in rules.content)
     return Matcher(
-        category, GlobSet(rules.paths), content, re.compile(combined) if combined else None
+        category,
+        GlobSet(rules.paths),
+        content,
+        re.compile(combined) if combined else None,
+        prefilter(rule.pattern for rule in rules.content) if combined else None,
     )
 
 
@@ -144,10 +275,20 @@ def sensitive(evidence: Evidence, policy: Policy) -> Iterator[Reason]:
         body = (
             "\n".join([t for _, t in change.added] + [t for _, t in change.removed]) if scan else ""
         )
+        lowered = body.lower()
         for matcher in matchers:
             yield from _path_hits(change, matcher)
-            if body and matcher.any_content is not None and matcher.any_content.search(body):
+            if body and _may_match(matcher, body, lowered):
                 yield from _content_hits(change, matcher)
+
+
+def _may_match(matcher: Matcher, body: str, lowered: str) -> bool:
+    """Tell whether any of the category's content rules matches the body (prefilter first)."""
+    if matcher.any_content is None:
+        return False
+    if matcher.prefilter is not None and not matcher.prefilter.passes(body, lowered):
+        return False
+    return bool(matcher.any_content.search(body))
 
 
 def _path_hits(change: FileChange, matcher: Matcher) -> Iterator[Reason]:

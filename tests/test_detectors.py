@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.errors import InputError
 from policies import detectors
@@ -480,3 +482,81 @@ def test_prose_that_mentions_sensitive_words_is_not_a_sensitive_change() -> None
     code = evidence_from_diff(diff("src/billing.py", "token = jwt.encode(claims, key)"))
     assert [r for r in sensitive(prose, policy) if r.trigger == "sensitive_content"] == []
     assert {r.category for r in sensitive(code, policy)} == {"auth"}
+
+
+# ---- the content prefilter ---------------------------------------------------------------
+
+
+_WORDS = [
+    "bcrypt",
+    "BCrypt",
+    "hashpw",
+    "jwt",
+    "JWT_SECRET",
+    "my_jwt",
+    "jsonwebtoken",
+    "access_token",
+    "Refresh-Tokens",
+    "id_token",
+    "SESSION_COOKIE_AGE",
+    "login_required",
+    "AES",
+    "aes",
+    "RSA",
+    "hmac.new",
+    "cryptography.hazmat",
+    "from Crypto",
+    "private_key",
+    "Decrypt",
+    "-----BEGIN RSA PRIVATE KEY-----",
+    "stripe",
+    "Stripe",
+    "charges.create",
+    "Refund.create",
+    "PaymentIntent",
+    'resource "aws_iam_role"',
+    '"Action":',
+    "kind: Deployment",
+    "iam:PassRole",
+    "sts:AssumeRole",
+    "tokenizer",
+    "author",
+    "x",
+    "=",
+    "(",
+    ")",
+    ".",
+    "_",
+    "-",
+    " ",
+    "\n",
+    "é",
+    "K",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_WORDS), max_size=12))
+def test_the_prefilter_never_misses_what_the_rules_match(words: list[str]) -> None:
+    """Whatever the text, if a category's exact rules match it, its prefilter passes it."""
+    text = "".join(words)
+    for matcher in detectors.compiled(POLICY).categories:
+        assert matcher.prefilter is not None, matcher.category
+        if matcher.any_content is not None and matcher.any_content.search(text):
+            assert matcher.prefilter.passes(text, text.lower()), (matcher.category, text)
+
+
+def test_widening_drops_leading_assertions_on_every_alternative() -> None:
+    """Leading \\b, ^ and lookbehinds go from each top-level alternative; case folds."""
+    widened = detectors._widen(r"(?i)(?<![a-z0-9])JWT|\b(jsonwebtoken|Jose)\b|^x[A-Z]\S")
+    assert widened is not None
+    insensitive, pattern = widened
+    assert insensitive is True
+    assert pattern.pattern == r"jwt|(jsonwebtoken|jose)\b|x[a-z]\S"
+
+
+def test_patterns_that_cannot_be_widened_safely_keep_the_exact_scan() -> None:
+    """Other flags, non-ASCII text or an unbalanced lookbehind: no prefilter, exact rules only."""
+    assert detectors._widen(r"(?m)^token") is None
+    assert detectors._widen("(?i)contraseña") is None
+    assert detectors.prefilter([r"\bok\b", r"(?x) a b"]) is None
