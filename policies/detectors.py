@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -134,48 +135,12 @@ def _widen(pattern: str) -> tuple[bool, re.Pattern[str]] | None:
         return None
 
 
-def _top_level(pattern: str) -> list[str]:
-    """Split a pattern on its top-level ``|`` (outside groups, classes and escapes)."""
-    parts, depth, start, i, in_class = [], 0, 0, 0, False
-    while i < len(pattern):
-        char = pattern[i]
-        if char == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = char != "]"
-        elif char == "[":
-            in_class = True
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        elif char == "|" and depth == 0:
-            parts.append(pattern[start:i])
-            start = i + 1
-        i += 1
-    parts.append(pattern[start:])
-    return parts
+def _structure(pattern: str) -> Iterator[tuple[int, str, int]]:
+    """Yield (index, character, group depth after it) for the pattern's structural characters.
 
-
-def _drop_leading_assertions(part: str) -> str | None:
-    """Strip leading ``\\b``, ``^`` and lookbehinds; None when the part is not plain enough."""
-    while True:
-        if part.startswith("\\b"):
-            part = part[2:]
-        elif part.startswith("^"):
-            part = part[1:]
-        elif part.startswith(("(?<!", "(?<=")):
-            close = _group_end(part)
-            if close is None:
-                return None
-            part = part[close + 1 :]
-        else:
-            return part
-
-
-def _group_end(pattern: str) -> int | None:
-    """Return the index of the ``)`` closing the group that opens at index 0."""
+    Backslash escapes and character classes are skipped, so only ``(``, ``)`` and ``|``
+    outside them (and other plain characters) come out.
+    """
     depth, i, in_class = 0, 0, False
     while i < len(pattern):
         char = pattern[i]
@@ -186,14 +151,33 @@ def _group_end(pattern: str) -> int | None:
             in_class = char != "]"
         elif char == "[":
             in_class = True
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth == 0:
-                return i
+        else:
+            depth += (char == "(") - (char == ")")
+            yield i, char, depth
         i += 1
-    return None
+
+
+def _top_level(pattern: str) -> list[str]:
+    """Split a pattern on its top-level ``|`` (outside groups, classes and escapes)."""
+    cuts = [i for i, char, depth in _structure(pattern) if char == "|" and depth == 0]
+    bounds = [-1, *cuts, len(pattern)]
+    return [pattern[a + 1 : b] for a, b in itertools.pairwise(bounds)]
+
+
+def _drop_leading_assertions(part: str) -> str | None:
+    """Strip leading ``\\b``, ``^`` and lookbehinds; None when the part is not plain enough."""
+    while True:
+        if part.startswith("\\b"):
+            part = part[2:]
+        elif part.startswith("^"):
+            part = part[1:]
+        elif part.startswith(("(?<!", "(?<=")):
+            close = next((i for i, c, d in _structure(part) if c == ")" and d == 0), None)
+            if close is None:
+                return None
+            part = part[close + 1 :]
+        else:
+            return part
 
 
 def _lower_literals(pattern: str) -> str:

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+from timing import median_s  # tests/benchmarks/timing.py
 
 from bot.assess import tier_prices
 from policies.loading import build_policy, default_policy_text, parse_yaml
@@ -131,27 +129,6 @@ def priced_policy() -> tuple[Policy, dict[str, object]]:
     data["tiers"]["mid"]["price"] = {"input_per_mtok": 3.0, "output_per_mtok": 15.0}
     data["tiers"]["frontier"]["price"] = {"input_per_mtok": 5.0, "output_per_mtok": 25.0}
     return build_policy(data, source="priced"), data
-
-
-def cpu_s() -> float:
-    """Return CPU seconds used so far by this process and its finished children."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
-
-
-def median_s(fn: Callable[[], object], runs: int) -> tuple[float, float]:
-    """Return the median wall and CPU seconds of ``fn`` over ``runs`` runs, after a warm-up.
-
-    CPU time is reported too because a shared machine inflates wall time, not CPU time.
-    """
-    fn()
-    wall, cpu = [], []
-    for _ in range(runs):
-        start, start_cpu = time.perf_counter(), cpu_s()
-        fn()
-        wall.append(time.perf_counter() - start)
-        cpu.append(cpu_s() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu)
 
 
 def main() -> int:

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
-import statistics
 import sys
-import time
-from collections.abc import Callable
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from timing import median_s  # tests/benchmarks/timing.py
 
 from policies.evidence import evidence_from_diff, parse_diff
 from policies.loading import load_policy
@@ -71,27 +69,6 @@ def make_diff(files: int, lines_per_file: int, *, headers_count: bool) -> bytes:
         out += [f"+{CODE[(i + j + 3) % len(CODE)]}  # v2 {j}\n" for j in range(added - 1)]
         out.append(f"+{SENSITIVE[i % 2] if i % 10 == 0 else CODE[i % len(CODE)]}\n")
     return "".join(out).encode()
-
-
-def cpu_s() -> float:
-    """Return CPU seconds used so far by this process and its finished children."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
-
-
-def median_s(fn: Callable[[], object], runs: int) -> tuple[float, float]:
-    """Return the median wall and CPU seconds of ``fn`` over ``runs`` runs, after a warm-up.
-
-    CPU time is reported too because a shared machine inflates wall time, not CPU time.
-    """
-    fn()
-    wall, cpu = [], []
-    for _ in range(runs):
-        start, start_cpu = time.perf_counter(), cpu_s()
-        fn()
-        wall.append(time.perf_counter() - start)
-        cpu.append(cpu_s() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu)
 
 
 def time_shape(data: bytes, policy: Policy, runs: int) -> list[tuple[float, float]]:
