@@ -1,4 +1,4 @@
-"""Run the ``cibot`` command line: route, assess, serve, worker, report, ci."""
+"""Run the ``cibot`` command line: route, assess, serve, worker, report, ci, eval, services."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("workers.worker_cli", "Start a Celery worker for the given queues."),
     "report": ("workers.report", "Print the ledger's figures, cost per accepted PR first."),
     "ci": ("bot.actions", "Run one task inline, as a GitHub Actions step."),
+    "eval": ("bot.evaluate", "Score the router on labelled cases: recall and false escalation."),
+    "services": ("bot.services_cli", "Print the service map inferred from a checkout."),
 }
 
 
