@@ -416,16 +416,17 @@ def _table_row(row: Row) -> str:
 def _misses(report: Report, limit: int | None) -> list[str]:
     """Render every non-empty list of misses, false escalations and detector errors."""
     lines: list[str] = []
+    shown: dict[tuple[str, tuple[Entry, ...]], str] = {}
     for r in report.rows:
         what = POSITIVE.get(r.name, f"{r.name} changes")
         heading = HEADINGS["missed"].format(
             name=r.name, what=what, count=len(r.missed), of=r.recall.of
         )
-        lines += _section(heading, r.missed, "why not", limit)
+        lines += _once(shown, r.name, heading, r.missed, "why not", limit)
         heading = HEADINGS["false"].format(
             name=r.name, false_kind=FALSE_KIND[r.kind], count=len(r.false_hits), of=r.false.of
         )
-        lines += _section(heading, r.false_hits, "fired", limit)
+        lines += _once(shown, r.name, heading, r.false_hits, "fired", limit)
     for check in report.checks.values():
         if check is not None:
             heading = HEADINGS["wrong"].format(
@@ -433,6 +434,22 @@ def _misses(report: Report, limit: int | None) -> list[str]:
             )
             lines += _section(heading, check.wrong, "found", limit)
     return lines
+
+
+def _once(
+    shown: dict[tuple[str, tuple[Entry, ...]], str],
+    name: str,
+    heading: str,
+    entries: tuple[Entry, ...],
+    verb: str,
+    limit: int | None,
+) -> list[str]:
+    """Render a list, or point back at an earlier row that listed exactly the same cases."""
+    key = (verb, entries)
+    if entries and key in shown and limit != 0:
+        return ["", heading, f"  the same cases as {shown[key]} above"]
+    shown.setdefault(key, name)
+    return _section(heading, entries, verb, limit)
 
 
 def _section(heading: str, entries: Sequence[Entry], verb: str, limit: int | None) -> list[str]:
