@@ -45,9 +45,19 @@ HEADINGS = {
     "false": "{name}: {false_kind}: {count} of {of}",
     "wrong": "{name}: wrong: {count} of {of}",
 }
-# A tiny diff routed once before timing, so the first case does not pay for loading the
-# tokenizer and compiling the policy's patterns.
-WARM_UP = b"diff --git a/x.py b/x.py\n--- a/x.py\n+++ b/x.py\n@@ -1 +1 @@\n-a = 1\n+a = 2\n"
+# A small diff routed once before timing, so that the first case does not pay for loading
+# the tokenizer and for what the router compiles on its first code line and first hit.
+WARM_UP = b"""\
+diff --git a/app/views.py b/app/views.py
+--- a/app/views.py
++++ b/app/views.py
+@@ -1,2 +1,4 @@
+ def view(request):
+-    return render(request, "page.html")
++    # Sign the session for the signed-in user.
++    token = jwt.encode({"sub": user.id}, key, algorithm="HS256")
++    return stripe.Charge.create(amount=total, api_key=settings.STRIPE_KEY)
+"""
 POSITIVE = {
     "summary": "sensitive changes",
     "review": "sensitive changes",
