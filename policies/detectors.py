@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import itertools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -12,14 +11,9 @@ import pathspec
 from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
 
 from policies import deps
-from policies.evidence import Evidence, FileChange
+from policies.evidence import Evidence
 from policies.model import CATEGORIES, Policy
 
-MAX_LINE = 80
-# Prose mentions "JWT" or "Stripe" without changing how either is handled: content rules
-# look at code and config only (path globs still apply to every file).
-PROSE = re.compile(r"\.(md|markdown|rst|txt|adoc)$", re.IGNORECASE)
-LEADING_FLAGS = re.compile(r"^\(\?([aiLmsux]+)\)")
 NAMED_GROUP = re.compile(r"\(\?P<\w+>")  # pathspec names its groups; names may not repeat
 
 
@@ -72,122 +66,10 @@ def check_globs(globs: tuple[str, ...]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Matcher:
-    """Hold one category's compiled path globs and content expressions."""
+    """Hold one category's compiled path globs."""
 
     category: str
     paths: GlobSet
-    content: tuple[tuple[re.Pattern[str], GlobSet | None], ...]
-    any_content: re.Pattern[str] | None
-    prefilter: Prefilter | None = None
-
-
-@dataclass(frozen=True)
-class Prefilter:
-    """Rule out most lines fast: a superset of a category's content rules.
-
-    Python's re scans an alternation of plain literals with a first-character table, but
-    not one behind a leading ``\\b`` or lookbehind, or under IGNORECASE. Dropping a leading
-    assertion only widens a match, and a case-insensitive rule matches lowercased text
-    with its literals lowercased, so this filter never misses what the exact rules would
-    find; a body it passes is then checked by the exact rules.
-    """
-
-    folded: tuple[re.Pattern[str], ...]  # the case-insensitive rules, run on lowercased text
-    exact: tuple[re.Pattern[str], ...]  # the case-sensitive rules, run on the text as it is
-
-    def passes(self, text: str, lowered: str) -> bool:
-        """Tell whether the exact rules could match ``text``."""
-        return any(r.search(lowered) for r in self.folded) or any(
-            r.search(text) for r in self.exact
-        )
-
-
-def prefilter(patterns: Iterable[str]) -> Prefilter | None:
-    """Build the fast superset of these patterns, or None when one cannot be widened safely."""
-    folded: list[re.Pattern[str]] = []
-    exact: list[re.Pattern[str]] = []
-    for pattern in patterns:
-        widened = _widen(pattern)
-        if widened is None:
-            return None
-        insensitive, compiled_rule = widened
-        (folded if insensitive else exact).append(compiled_rule)
-    return Prefilter(folded=tuple(folded), exact=tuple(exact))
-
-
-def _widen(pattern: str) -> tuple[bool, re.Pattern[str]] | None:
-    """Return (case-insensitive?, a regex matching at least what ``pattern`` matches)."""
-    if not pattern.isascii():
-        return None
-    flags = LEADING_FLAGS.match(pattern)
-    letters = flags.group(1) if flags else ""
-    if set(letters) - {"i"}:
-        return None
-    body = pattern[flags.end() :] if flags else pattern
-    parts = [_drop_leading_assertions(part) for part in _top_level(body)]
-    if any(part is None or not part for part in parts):
-        return None
-    widened = "|".join(p for p in parts if p is not None)
-    insensitive = "i" in letters
-    try:
-        return insensitive, re.compile(_lower_literals(widened) if insensitive else widened)
-    except re.error:
-        return None
-
-
-def _structure(pattern: str) -> Iterator[tuple[int, str, int]]:
-    """Yield (index, character, group depth after it) for the pattern's structural characters.
-
-    Backslash escapes and character classes are skipped, so only ``(``, ``)`` and ``|``
-    outside them (and other plain characters) come out.
-    """
-    depth, i, in_class = 0, 0, False
-    while i < len(pattern):
-        char = pattern[i]
-        if char == "\\":
-            i += 2
-            continue
-        if in_class:
-            in_class = char != "]"
-        elif char == "[":
-            in_class = True
-        else:
-            depth += (char == "(") - (char == ")")
-            yield i, char, depth
-        i += 1
-
-
-def _top_level(pattern: str) -> list[str]:
-    """Split a pattern on its top-level ``|`` (outside groups, classes and escapes)."""
-    cuts = [i for i, char, depth in _structure(pattern) if char == "|" and depth == 0]
-    bounds = [-1, *cuts, len(pattern)]
-    return [pattern[a + 1 : b] for a, b in itertools.pairwise(bounds)]
-
-
-def _drop_leading_assertions(part: str) -> str | None:
-    """Strip leading ``\\b``, ``^`` and lookbehinds; None when the part is not plain enough."""
-    while True:
-        if part.startswith("\\b"):
-            part = part[2:]
-        elif part.startswith("^"):
-            part = part[1:]
-        elif part.startswith(("(?<!", "(?<=")):
-            close = next((i for i, c, d in _structure(part) if c == ")" and d == 0), None)
-            if close is None:
-                return None
-            part = part[close + 1 :]
-        else:
-            return part
-
-
-def _lower_literals(pattern: str) -> str:
-    """Lowercase a pattern's letters, leaving every backslash escape (\\S, \\W, \\B) as it is."""
-    out: list[str] = []
-    escaped = False
-    for char in pattern:
-        out.append(char if escaped else char.lower())
-        escaped = not escaped and char == "\\"
-    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -221,92 +103,15 @@ def compiled(policy: Policy) -> Compiled:
 
 
 def _matcher(category: str, policy: Policy) -> Matcher:
-    """Compile one category's rules."""
-    rules = policy.sensitive[category]  # type: ignore[index]
-    content = tuple(
-        (re.compile(rule.pattern), GlobSet(rule.paths) if rule.paths else None)
-        for rule in rules.content
-    )
-    combined = "|".join(_scoped(rule.pattern) for rule in rules.content)
-    return Matcher(
-        category,
-        GlobSet(rules.paths),
-        content,
-        re.compile(combined) if combined else None,
-        prefilter(rule.pattern for rule in rules.content) if combined else None,
-    )
-
-
-def _scoped(pattern: str) -> str:
-    """Turn a leading global flag group like (?i) into a scoped one so patterns can be joined."""
-    flags = LEADING_FLAGS.match(pattern)
-    if flags is None:
-        return f"(?:{pattern})"
-    return f"(?{flags.group(1)}:{pattern[flags.end() :]})"
-
-
-def _snippet(text: str) -> str:
-    """Shorten a line for a reason's evidence."""
-    text = text.strip()
-    return text if len(text) <= MAX_LINE else text[: MAX_LINE - 1] + "…"
+    """Compile one category's path globs (its content rules compile in policies.semantic)."""
+    return Matcher(category, GlobSet(policy.sensitive[category].paths))  # type: ignore[index]
 
 
 def sensitive(evidence: Evidence, policy: Policy) -> Iterator[Reason]:
-    """Yield a reason for each sensitive path and each sensitive added or removed line."""
-    matchers = compiled(policy).categories
-    for change in evidence.files:
-        scan = not (change.binary or change.is_lock_or_generated or PROSE.search(change.path))
-        body = (
-            "\n".join([t for _, t in change.added] + [t for _, t in change.removed]) if scan else ""
-        )
-        lowered = body.lower()
-        for matcher in matchers:
-            yield from _path_hits(change, matcher)
-            if body and _may_match(matcher, body, lowered):
-                yield from _content_hits(change, matcher)
+    """Yield a reason for each sensitive construct in the diff (see ``policies.semantic``)."""
+    from policies import semantic  # semantic builds on this module's globs and reasons
 
-
-def _may_match(matcher: Matcher, body: str, lowered: str) -> bool:
-    """Tell whether any of the category's content rules matches the body (prefilter first)."""
-    if matcher.any_content is None:
-        return False
-    if matcher.prefilter is not None and not matcher.prefilter.passes(body, lowered):
-        return False
-    return bool(matcher.any_content.search(body))
-
-
-def _path_hits(change: FileChange, matcher: Matcher) -> Iterator[Reason]:
-    """Yield a reason when the new or old path matches the category's globs."""
-    for path in {change.path, change.old_path or change.path}:
-        glob = matcher.paths.match(path)
-        if glob is not None:
-            yield Reason("sensitive_path", f"{path} matches '{glob}'", matcher.category)
-            return
-
-
-def _content_hits(change: FileChange, matcher: Matcher) -> Iterator[Reason]:
-    """Yield a reason for the first line each content rule matches in this file."""
-    for pattern, scope in matcher.content:
-        if scope is not None and scope.match(change.path) is None:
-            continue
-        hit = _first_match(pattern, change)
-        if hit is not None:
-            sign, number, text, matched = hit
-            yield Reason(
-                "sensitive_content",
-                f"{change.path}:{number} {sign}'{_snippet(text)}' matches '{matched}'",
-                matcher.category,
-            )
-
-
-def _first_match(pattern: re.Pattern[str], change: FileChange) -> tuple[str, int, str, str] | None:
-    """Return (sign, line number, line, matched text) of the first added or removed match."""
-    for sign, lines in (("+", change.added), ("-", change.removed)):
-        for number, text in lines:
-            match = pattern.search(text)
-            if match:
-                return sign, number, text, match.group(0)
-    return None
+    return semantic.sensitive(evidence, policy)
 
 
 def services_of_path(path: str, policy: Policy) -> set[str]:

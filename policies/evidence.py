@@ -44,6 +44,15 @@ DIFF_START = re.compile(r"^(diff --git |--- |\+\+\+ |@@ )", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
+class Hunk:
+    """Keep one hunk's lines in order: (sign, text), sign one of ' ', '+', '-'."""
+
+    source_start: int
+    target_start: int
+    lines: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class FileChange:
     """Describe one file's change: its paths, status and the lines it adds and removes."""
 
@@ -54,6 +63,8 @@ class FileChange:
     added: tuple[tuple[int, str], ...] = ()
     removed: tuple[tuple[int, str], ...] = ()
     hunks: int = 0
+    # The hunks with their context lines, for the lexer and the mechanical-change check.
+    body: tuple[Hunk, ...] = ()
 
     @property
     def changed_lines(self) -> int:
@@ -141,14 +152,20 @@ def _file_change(patched: object) -> FileChange:
     status = _status(pf, source, target)
     added: list[tuple[int, str]] = []
     removed: list[tuple[int, str]] = []
-    hunks = 0
+    body: list[Hunk] = []
     for hunk in pf:  # type: ignore[attr-defined]
-        hunks += 1
+        lines: list[tuple[str, str]] = []
         for line in hunk:
+            text = line.value.rstrip("\n")
             if line.is_added:
-                added.append((line.target_line_no, line.value.rstrip("\n")))
+                added.append((line.target_line_no, text))
+                lines.append(("+", text))
             elif line.is_removed:
-                removed.append((line.source_line_no, line.value.rstrip("\n")))
+                removed.append((line.source_line_no, text))
+                lines.append(("-", text))
+            elif line.is_context:
+                lines.append((" ", text))
+        body.append(Hunk(hunk.source_start, hunk.target_start, tuple(lines)))
     return FileChange(
         path=path,
         old_path=source if status == "renamed" else None,
@@ -156,7 +173,8 @@ def _file_change(patched: object) -> FileChange:
         binary=bool(getattr(pf, "is_binary_file", False)),
         added=tuple(added),
         removed=tuple(removed),
-        hunks=hunks,
+        hunks=len(body),
+        body=tuple(body),
     )
 
 

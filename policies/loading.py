@@ -13,7 +13,7 @@ import yaml
 from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, field_validator
 
 from bot.errors import ConfigError
-from policies import detectors
+from policies import detectors, semantic
 from policies.model import Category, ContentRule, Frozen, Policy, Service, TaskName
 
 DEFAULT_SOURCE = "policies/default.yaml"
@@ -86,6 +86,7 @@ def check_compiles(policy: Policy, *, source: str) -> None:
         raise ConfigError(f"{source}: key '{key}': {problem}", key=key, source=source)
     try:
         detectors.compiled(policy)
+        semantic.rules(policy)
     except (ValueError, re.error) as exc:
         raise ConfigError(
             f"{source}: key 'sensitive': the content patterns cannot be combined ({exc}); "

@@ -274,7 +274,8 @@ def test_evil_repo_config_cannot_weaken_residency_or_move_tiers() -> None:
             True,
             True,
         )
-    auth = Evidence((FileChange("src/auth/session.py", None, "modified", False),))
+    edit = ((1, "if not user.active: raise Denied"),)
+    auth = Evidence((FileChange("src/auth/session.py", None, "modified", False, added=edit),))
     assert route("review", auth, merged).categories == ("auth",)
 
 
@@ -299,7 +300,8 @@ def test_good_repo_config_applies_every_allowed_key() -> None:
     assert merged.sensitive["payments"].content[-1].pattern == r"\bpostings?\.(create|reverse)\b"
     assert set(merged.sensitive["auth"].paths) == set(policy.sensitive["auth"].paths)
     assert set(merged.services) == {"api", "web"}
-    ledger = Evidence((FileChange("core/ledger/post.py", None, "modified", False),))
+    edit = ((1, "entry.post(journal)"),)
+    ledger = Evidence((FileChange("core/ledger/post.py", None, "modified", False, added=edit),))
     assert route("review", ledger, merged).categories == ("payments",)
 
 
