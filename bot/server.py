@@ -1,8 +1,14 @@
 """Serve GitHub webhooks: verify, drop duplicates, route, enqueue or spool, answer fast.
 
-``cibot serve`` runs one process (the spool is a local file) on uvicorn. The request
-path does no GitHub and no model call: it verifies the signature, maps the event to
-jobs with the feature routers, and hands them to ``bot.intake`` (one Redis round trip).
+``cibot serve`` runs one process (the spool is a local file) on uvicorn, with two
+listeners. The public one (``--host``/``--port``) answers ``POST /webhook`` and
+``GET /healthz``, and is the only one a proxy should forward to. The admin one
+(``CIBOT_ADMIN_HOST``/``CIBOT_ADMIN_PORT``, 127.0.0.1:8081 by default) serves
+``GET /metrics`` and ``GET /dashboard`` behind ``bot.admin.AdminGuard``.
+
+The request path does no GitHub and no model call: it verifies the signature, maps the
+event to jobs with the feature routers, and hands them to ``bot.intake`` (one Redis
+round trip).
 
 Answers to POST /webhook: 200 ``pong`` for ping; 202 ``enqueued``, ``duplicate``,
 ``spooled`` (Redis is down; the spool will deliver) or ``ignored``; 401 for a missing,
@@ -14,12 +20,16 @@ unexpected, logged with the delivery id.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
+import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -27,7 +37,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from bot import webhooks
+from bot import logsetup, webhooks
+from bot.admin import AdminGuard, check_binding
 from bot.dashboard import Dashboard
 from bot.errors import InputError, PayloadError, PayloadTooLarge, SignatureError, WebhookError
 from bot.events import Context, Router
@@ -39,6 +50,9 @@ from bot.spool import Spool
 from policies.model import Policy
 from workers.job import JobRef
 
+if TYPE_CHECKING:
+    import uvicorn
+
 log = logging.getLogger(__name__)
 
 ROUTER = Router(pulls.router, checks.router, comments.router, feedback.router, installs.router)
@@ -47,7 +61,6 @@ REFUSALS: dict[type[WebhookError], str] = {
     PayloadError: "bad_request",
     PayloadTooLarge: "too_large",
 }
-LOG_FIELDS = ("delivery_id", "installation_id", "task", "tier")
 
 
 @dataclass
@@ -61,14 +74,22 @@ class Edge:
     metrics: Metrics
 
 
-def create_app(
+@dataclass(frozen=True)
+class Apps:
+    """Hold the two ASGI apps of ``cibot serve``: what GitHub reaches, and what operators do."""
+
+    public: Starlette
+    admin: Starlette
+
+
+def create_apps(
     settings: Settings,
     policy: Policy,
     *,
     enqueue: Intake | None = None,
     debounce_seconds: float = DEFAULT_DEBOUNCE_SECONDS,
-) -> Starlette:
-    """Build the ASGI app; refuse (ConfigError) when no webhook secret is set."""
+) -> Apps:
+    """Build the public and admin apps; refuse (ConfigError) when no webhook secret is set."""
     secret = settings.require_webhook_secret()
     intake = enqueue or Intake(
         CeleryBroker(settings.redis_url),
@@ -82,15 +103,33 @@ def create_app(
         intake=intake,
         metrics=Metrics(lambda: _safe_depth(intake)),
     )
+    return Apps(
+        public=_public_app(edge, owns_intake=enqueue is None),
+        admin=_admin_app(edge, Dashboard(settings, policy), token=settings.admin_token),
+    )
+
+
+def create_app(
+    settings: Settings,
+    policy: Policy,
+    *,
+    enqueue: Intake | None = None,
+    debounce_seconds: float = DEFAULT_DEBOUNCE_SECONDS,
+) -> Starlette:
+    """Build the public app alone (``POST /webhook``, ``GET /healthz``)."""
+    return create_apps(settings, policy, enqueue=enqueue, debounce_seconds=debounce_seconds).public
+
+
+def _public_app(edge: Edge, *, owns_intake: bool) -> Starlette:
+    """Return the app GitHub reaches: the webhook and the health check, nothing else."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        intake.start()
+        edge.intake.start()
         try:
             yield
         finally:
-            await run_in_threadpool(intake.stop if enqueue else intake.close)
-            await run_in_threadpool(board.close)
+            await run_in_threadpool(edge.intake.close if owns_intake else edge.intake.stop)
 
     async def webhook(request: Request) -> Response:
         return await receive(edge, request)
@@ -98,11 +137,26 @@ def create_app(
     async def healthz(request: Request) -> Response:
         return await health(edge)
 
+    routes = [
+        Route("/webhook", webhook, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _admin_app(edge: Edge, board: Dashboard, *, token: str) -> Starlette:
+    """Return the operators' app: Prometheus metrics and the dashboard, behind AdminGuard."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await run_in_threadpool(board.close)
+
     async def metrics(request: Request) -> Response:
         body = await run_in_threadpool(edge.metrics.render)
         return Response(body, media_type=CONTENT_TYPE)
-
-    board = Dashboard(settings, policy)
 
     async def dashboard(request: Request) -> Response:
         params = request.query_params
@@ -118,12 +172,12 @@ def create_app(
         return HTMLResponse(page)
 
     routes = [
-        Route("/webhook", webhook, methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/dashboard", dashboard, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(AdminGuard, token=token)
+    return app
 
 
 async def receive(edge: Edge, request: Request) -> Response:
@@ -140,7 +194,7 @@ async def receive(edge: Edge, request: Request) -> Response:
         outcome = REFUSALS.get(type(exc), "bad_request")
         status, answer, jobs = exc.status, {"status": outcome, "error": str(exc)}, []
     except Exception:
-        log.exception("webhook failed", extra=log_fields(delivery_id=delivery, event=name))
+        log.exception("webhook failed", extra=log_fields(delivery_id=delivery, github_event=name))
         status, answer, jobs = 500, {"status": "error", "delivery": delivery}, []
     elapsed = time.perf_counter() - started
     edge.metrics.observe(name, str(answer["status"]), elapsed)
@@ -150,7 +204,7 @@ async def receive(edge: Edge, request: Request) -> Response:
             delivery_id=delivery,
             installation_id=jobs[0].installation_id if jobs else 0,
             task=",".join(job.task for job in jobs),
-            event=name,
+            github_event=name,
             status=status,
             outcome=answer["status"],
             ms=round(elapsed * 1000, 2),
@@ -210,29 +264,6 @@ def _safe_depth(intake: Intake) -> float:
         return -1.0
 
 
-class LogfmtFormatter(logging.Formatter):
-    """Format a record as ``time level logger message key=value ...``."""
-
-    _standard = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Render the fixed message followed by the record's structured fields."""
-        extra = {k: v for k, v in record.__dict__.items() if k not in self._standard}
-        for name in LOG_FIELDS:
-            extra.setdefault(name, "")
-        pairs = " ".join(f"{key}={_quote(value)}" for key, value in extra.items())
-        line = f"{self.formatTime(record)} {record.levelname} {record.name} {record.getMessage()}"
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
-        return f"{line} {pairs}"
-
-
-def _quote(value: object) -> str:
-    """Quote a logfmt value when it has spaces or quotes."""
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{text}"' if (" " in text or '"' in text or "=" in text or not text) else text
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``cibot serve`` flags."""
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -244,38 +275,84 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long a summary refresh waits for more pushes to the same PR (default 30)",
     )
     parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default: CIBOT_LOG_LEVEL, else info)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Start the webhook server; refuse to start without CIBOT_WEBHOOK_SECRET."""
-    import uvicorn
-
+    """Start both listeners; refuse to start without CIBOT_WEBHOOK_SECRET or an admin guard."""
     from policies.loading import load_policy
 
     settings = Settings.from_env()
     settings.require_webhook_secret()
+    check_binding(settings)
     policy = load_policy(settings.policy_path, overrides=settings.tier_overrides)
-    _configure_logging(args.log_level)
-    app = create_app(settings, policy, debounce_seconds=args.debounce_seconds)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        access_log=False,
-        log_config=None,
-        log_level=args.log_level,
-        server_header=False,
-        timeout_graceful_shutdown=10,
+    level = args.log_level or settings.log_level or "info"
+    logsetup.configure(fmt=settings.log_format, level=level)
+    apps = create_apps(settings, policy, debounce_seconds=args.debounce_seconds)
+    public = listener(apps.public, host=args.host, port=args.port, level=level)
+    admin = listener(
+        apps.admin, host=settings.admin_host, port=settings.admin_port, level=level, proxied=False
     )
+    log.info(
+        "serving",
+        extra={
+            "public": f"{args.host}:{args.port}",
+            "admin": f"{settings.admin_host}:{settings.admin_port}",
+            "admin_guard": "bearer token" if settings.admin_token else "loopback only",
+        },
+    )
+    serve_all([public, admin])
     return 0
 
 
-def _configure_logging(level: str) -> None:
-    """Send logfmt lines to stderr at the chosen level."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(LogfmtFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+def listener(
+    app: Starlette, *, host: str, port: int, level: str, proxied: bool = True
+) -> uvicorn.Server:
+    """Return a uvicorn server for one app that leaves signals to ``serve_all``.
+
+    ``proxied=False`` makes the server ignore X-Forwarded-For, so AdminGuard always sees
+    the TCP peer.
+    """
+    import uvicorn
+
+    class Listener(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield  # serve_all handles SIGINT and SIGTERM for every listener at once
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        access_log=False,
+        log_config=None,
+        log_level=level,
+        server_header=False,
+        proxy_headers=proxied,
+        timeout_graceful_shutdown=10,
+    )
+    return Listener(config)
+
+
+def serve_all(servers: Sequence[uvicorn.Server]) -> None:
+    """Run the listeners in one event loop until SIGINT or SIGTERM stops them all."""
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        for server in servers:
+            if server.should_exit and signum == signal.SIGINT:
+                server.force_exit = True  # a second Ctrl-C: stop waiting for requests
+            server.should_exit = True
+
+    async def main() -> None:
+        await asyncio.gather(*(server.serve() for server in servers))
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with asyncio.Runner(loop_factory=servers[0].config.get_loop_factory()) as runner:
+            runner.run(main())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

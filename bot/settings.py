@@ -10,6 +10,10 @@ from pathlib import Path
 from bot.errors import ConfigError
 
 TIERS_WITH_ENDPOINTS = ("LOCAL", "MID", "FRONTIER")
+LOG_FORMATS = ("logfmt", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DEFAULT_WORKER_METRICS_PORT = 9808
+DISABLED = ("off", "none", "disabled")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +39,13 @@ class Settings:
     github_private_key: str = field(default="", repr=False)
     spool_path: Path = Path("cibot-spool.db")
     bot_login: str = "cibot[bot]"
+    log_format: str = "logfmt"
+    log_level: str = ""  # empty: the command's own flag (or info) decides
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8081
+    admin_token: str = field(default="", repr=False)
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int | None = DEFAULT_WORKER_METRICS_PORT
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -64,6 +75,15 @@ class Settings:
             github_private_key=_private_key(env),
             spool_path=Path(env.get("CIBOT_SPOOL_PATH", str(cls.spool_path))),
             bot_login=env.get("CIBOT_BOT_LOGIN", cls.bot_login),
+            log_format=_choice(env, "CIBOT_LOG_FORMAT", LOG_FORMATS, cls.log_format),
+            log_level=_choice(env, "CIBOT_LOG_LEVEL", LOG_LEVELS, ""),
+            admin_host=env.get("CIBOT_ADMIN_HOST") or cls.admin_host,
+            admin_port=_port(env, "CIBOT_ADMIN_PORT", cls.admin_port) or cls.admin_port,
+            admin_token=env.get("CIBOT_ADMIN_TOKEN", ""),
+            worker_metrics_host=env.get("CIBOT_WORKER_METRICS_HOST") or cls.worker_metrics_host,
+            worker_metrics_port=_port(
+                env, "CIBOT_WORKER_METRICS_PORT", DEFAULT_WORKER_METRICS_PORT, allow_off=True
+            ),
         )
 
     def require_webhook_secret(self) -> str:
@@ -76,6 +96,37 @@ class Settings:
                 source="environment",
             )
         return self.webhook_secret
+
+
+def _choice(env: Mapping[str, str], key: str, choices: tuple[str, ...], default: str) -> str:
+    """Return the variable's value (lower-cased) if it is one of ``choices``, else explain."""
+    value = env.get(key, "").strip().lower()
+    if not value:
+        return default
+    if value not in choices:
+        raise ConfigError(
+            f"{key}={value!r} is not valid: use one of {', '.join(choices)}",
+            key=key,
+            source="environment",
+        )
+    return value
+
+
+def _port(env: Mapping[str, str], key: str, default: int, *, allow_off: bool = False) -> int | None:
+    """Return a TCP port from the variable (``off`` disables it where allowed), else explain."""
+    value = env.get(key, "").strip().lower()
+    if not value:
+        return default
+    if allow_off and value in DISABLED:
+        return None
+    if value.isdigit() and 0 < int(value) < 65536:
+        return int(value)
+    also = " or off" if allow_off else ""
+    raise ConfigError(
+        f"{key}={value!r} is not a TCP port: use a number from 1 to 65535{also}",
+        key=key,
+        source="environment",
+    )
 
 
 def _private_key(env: Mapping[str, str]) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 import uvicorn
 
 from bot.intake import QUEUE, Intake
-from bot.server import create_app
+from bot.server import create_apps
 from bot.settings import Settings
 from bot.webhooks import sign
 from policies.model import Policy
@@ -48,45 +48,65 @@ def delivery(name: str, delivery_id: str, **changes: Any) -> tuple[bytes, dict[s
 
 @dataclass
 class EdgeServer:
-    """Serve ``create_app`` with uvicorn in a thread on a free loopback port."""
+    """Serve ``create_apps`` with uvicorn in threads: the public and the admin listener."""
 
     settings: Settings
     policy: Policy
     intake: Intake | None = None
     debounce_seconds: float = 30.0
     port: int = field(default_factory=free_port)
-    server: uvicorn.Server | None = None
-    thread: threading.Thread | None = None
+    admin_port: int = field(default_factory=free_port)
+    admin_host: str = "127.0.0.1"
+    servers: list[uvicorn.Server] = field(default_factory=list)
+    threads: list[threading.Thread] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        """Return the base URL."""
+        """Return the public base URL (POST /webhook, GET /healthz)."""
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def admin_url(self) -> str:
+        """Return the admin base URL (GET /metrics, GET /dashboard)."""
+        return f"http://{self.admin_host}:{self.admin_port}"
+
     def start(self) -> EdgeServer:
-        """Build the app and serve it until stop()."""
-        app = create_app(
+        """Build the apps and serve them until stop()."""
+        apps = create_apps(
             self.settings,
             self.policy,
             enqueue=self.intake,
             debounce_seconds=self.debounce_seconds,
         )
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
+        for app, host, port, proxied in (
+            (apps.public, "127.0.0.1", self.port, True),
+            (apps.admin, self.admin_host, self.admin_port, False),
+        ):
+            config = uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_level="warning",
+                access_log=False,
+                proxy_headers=proxied,
+            )
+            server = uvicorn.Server(config)
+            thread = threading.Thread(target=server.run, daemon=True)
+            thread.start()
+            self.servers.append(server)
+            self.threads.append(thread)
         wait_for_port(self.port)
+        wait_for_port(self.admin_port, host=self.admin_host)
         return self
 
     def stop(self) -> None:
-        """Shut the server down and wait for it."""
-        if self.server is not None and self.thread is not None:
-            self.server.should_exit = True
-            self.thread.join(timeout=15)
-        self.server = None
-        self.thread = None
+        """Shut the servers down and wait for them."""
+        for server in self.servers:
+            server.should_exit = True
+        for thread in self.threads:
+            thread.join(timeout=15)
+        self.servers.clear()
+        self.threads.clear()
 
 
 def queued(redis_url: str, queue: str = QUEUE) -> list[dict[str, Any]]:

@@ -18,16 +18,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, *, timeout: float = 10.0) -> None:
-    """Block until something accepts connections on 127.0.0.1:port."""
+def wait_for_port(port: int, *, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    """Block until something accepts connections on host:port (127.0.0.1 by default)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            with socket.create_connection((host, port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.02)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Serve GET /dashboard from a real uvicorn server over a seeded SQLite ledger."""
+"""Serve GET /dashboard from the real admin listener (uvicorn) over a seeded SQLite ledger."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def board(redis_url: str, tmp_path: Path) -> Iterator[httpx.Client]:
         spool_path=tmp_path / "spool.db",
     )
     server = EdgeServer(settings, load_policy()).start()
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with httpx.Client(base_url=server.admin_url, timeout=30) as http:
         yield http
     server.stop()
 

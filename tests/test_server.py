@@ -52,14 +52,20 @@ def client(edge: EdgeServer) -> Iterator[httpx.Client]:
         yield http
 
 
+@pytest.fixture
+def admin(edge: EdgeServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=edge.admin_url, timeout=10) as http:
+        yield http
+
+
 def post(client: httpx.Client, body: bytes, headers: dict[str, str]) -> httpx.Response:
     """POST a delivery to /webhook."""
     return client.post("/webhook", content=body, headers=headers)
 
 
-def metric(client: httpx.Client, prefix: str) -> float:
-    """Return the value of the first /metrics sample line starting with ``prefix``."""
-    for line in client.get("/metrics").text.splitlines():
+def metric(admin: httpx.Client, prefix: str) -> float:
+    """Return the value of the first /metrics sample line (admin listener) starting with ``prefix``."""
+    for line in admin.get("/metrics").text.splitlines():
         if line.startswith(prefix):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no metric line starts with {prefix}")
@@ -153,13 +159,17 @@ def test_the_same_delivery_three_times_gives_one_job(client: httpx.Client, redis
     assert len(queued(redis_url)) == 1
 
 
-def _serve(redis_url: str, tmp_path: Path, port: int) -> subprocess.Popen[bytes]:
+def _serve(
+    redis_url: str, tmp_path: Path, port: int, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start the real `cibot serve` in a subprocess and wait until it listens."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("CIBOT_")},
         "CIBOT_WEBHOOK_SECRET": SECRET,
         "CIBOT_REDIS_URL": redis_url,
         "CIBOT_SPOOL_PATH": str(tmp_path / "spool.db"),
+        "CIBOT_ADMIN_PORT": str(free_port()),
+        **(extra_env or {}),
     }
     log = tmp_path / "serve.log"
     with log.open("ab") as stderr:
@@ -171,8 +181,7 @@ def _serve(redis_url: str, tmp_path: Path, port: int) -> subprocess.Popen[bytes]
                 "serve",
                 "--port",
                 str(port),
-                "--log-level",
-                "warning",
+                *(["--log-level", "warning"] if extra_env is None else []),
             ],
             env=env,
             cwd=ROOT,
@@ -226,7 +235,10 @@ def test_200_deliveries_during_a_redis_outage_are_all_enqueued_once_in_order(
     )
     edge = EdgeServer(settings_for(redis_url, tmp_path), load_policy(), intake=intake).start()
     try:
-        with httpx.Client(base_url=edge.url, timeout=10) as client:
+        with (
+            httpx.Client(base_url=edge.url, timeout=10) as client,
+            httpx.Client(base_url=edge.admin_url, timeout=10) as admin,
+        ):
             body, headers = delivery("pull_request.opened", "before-outage")
             assert post(client, body, headers).json()["status"] == "enqueued"
             redis_server.stop()
@@ -241,7 +253,7 @@ def test_200_deliveries_during_a_redis_outage_are_all_enqueued_once_in_order(
                 if n == 100:  # GitHub retrying one mid-outage must not add a job
                     assert post(client, body, hdrs).json()["status"] == "duplicate"
             assert client.get("/healthz").json()["status"] == "degraded"
-            assert metric(client, "cibot_spool_depth") == 200
+            assert metric(admin, "cibot_spool_depth") == 200
 
             redis_server.start()  # an empty Redis, as after a failover with no persistence
             deadline = time.monotonic() + 20
@@ -261,7 +273,7 @@ def test_200_deliveries_during_a_redis_outage_are_all_enqueued_once_in_order(
                 "spool_depth": 0,
                 "status": "ok",
             }
-            assert metric(client, "cibot_spool_depth") == 0
+            assert metric(admin, "cibot_spool_depth") == 0
     finally:
         edge.stop()
 
@@ -431,6 +443,7 @@ def test_an_unexpected_error_is_a_logged_500_and_the_server_keeps_serving(
     try:
         with (
             httpx.Client(base_url=edge.url, timeout=10) as client,
+            httpx.Client(base_url=edge.admin_url, timeout=10) as admin,
             caplog.at_level(logging.ERROR, logger="bot.server"),
         ):
             body, headers = delivery("pull_request.opened", "boom-1")
@@ -445,7 +458,7 @@ def test_an_unexpected_error_is_a_logged_500_and_the_server_keeps_serving(
             assert client.get("/healthz").json()["status"] == "ok"
             assert (
                 metric(
-                    client, 'cibot_webhook_deliveries_total{event="pull_request",outcome="error"}'
+                    admin, 'cibot_webhook_deliveries_total{event="pull_request",outcome="error"}'
                 )
                 == 1
             )
@@ -464,27 +477,30 @@ def test_healthz_reports_a_dead_redis_as_degraded_and_a_broken_spool_as_503(
     intake = Intake(CeleryBroker(dead, connect_timeout=0.2), Spool(tmp_path / "s.db"))
     edge = EdgeServer(settings_for(dead, tmp_path), load_policy(), intake=intake).start()
     try:
-        with httpx.Client(base_url=edge.url, timeout=10) as client:
+        with (
+            httpx.Client(base_url=edge.url, timeout=10) as client,
+            httpx.Client(base_url=edge.admin_url, timeout=10) as admin,
+        ):
             response = client.get("/healthz")
             assert (response.status_code, response.json()["redis"]) == (200, "down")
             assert response.json()["status"] == "degraded"
             intake.spool.close()
             response = client.get("/healthz")
             assert (response.status_code, response.json()["status"]) == (503, "failing")
-            assert metric(client, "cibot_spool_depth") == -1
+            assert metric(admin, "cibot_spool_depth") == -1
     finally:
         edge.stop()
 
 
 def test_metrics_count_deliveries_by_event_and_outcome_and_time_acks(
-    client: httpx.Client,
+    client: httpx.Client, admin: httpx.Client
 ) -> None:
     body, headers = delivery("pull_request.opened", "m-1")
     post(client, body, headers)
     post(client, body, headers)
     post(client, body, {**headers, "X-Hub-Signature-256": "sha256=00"})
     post(client, b"{}", {**headers_for(b"{}", event="made_up_event", delivery="m-2")})
-    text = client.get("/metrics").text
+    text = admin.get("/metrics").text
     counts: dict[str, Any] = {}
     for line in text.splitlines():
         if line.startswith("cibot_webhook_deliveries_total{"):
@@ -496,8 +512,8 @@ def test_metrics_count_deliveries_by_event_and_outcome_and_time_acks(
         'cibot_webhook_deliveries_total{event="pull_request",outcome="unauthorized"}': 1.0,
         'cibot_webhook_deliveries_total{event="other",outcome="ignored"}': 1.0,
     }
-    assert metric(client, "cibot_webhook_ack_seconds_count") == 4
-    assert metric(client, 'cibot_webhook_ack_seconds_bucket{le="+Inf"}') == 4
+    assert metric(admin, "cibot_webhook_ack_seconds_count") == 4
+    assert metric(admin, 'cibot_webhook_ack_seconds_bucket{le="+Inf"}') == 4
     assert "# TYPE cibot_spool_depth gauge" in text
 
 
@@ -521,36 +537,169 @@ def test_the_request_path_costs_a_constant_three_redis_commands(
     store.close()
 
 
-def test_log_lines_are_logfmt_with_the_standard_fields() -> None:
-    from bot.server import LogfmtFormatter
+# --- the admin listener: /metrics and /dashboard off the public path ----------------------------
 
-    record = logging.makeLogRecord(
-        {
-            "name": "bot.server",
-            "levelname": "INFO",
-            "msg": "delivery answered",
-            "delivery_id": "d-1",
-            "installation_id": 7,
-            "event": "pull_request",
-            "ms": 1.5,
-            "reason": 'a "quoted" value',
-        }
+ADMIN_TOKEN = "admin-token-for-tests-0123456789abcdef"
+
+
+def test_the_public_listener_serves_only_the_webhook_and_healthz(
+    client: httpx.Client, admin: httpx.Client
+) -> None:
+    assert client.get("/metrics").status_code == 404
+    assert client.get("/dashboard").status_code == 404
+    assert client.get("/healthz").status_code == 200
+    assert admin.get("/metrics").status_code == 200  # from 127.0.0.1: no token needed
+    assert admin.get("/webhook").status_code == 404
+    assert admin.post("/webhook", content=b"{}").status_code == 404
+
+
+def non_loopback_address() -> str | None:
+    """Return an address of this host that is not a loopback one, if it has one."""
+    import socket
+
+    from bot.admin import is_loopback
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1; connect() on UDP sends nothing
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    if is_loopback(address) or address == "0.0.0.0":
+        return None
+    try:  # the address must be bindable here (not a NAT artefact)
+        with socket.socket() as sock:
+            sock.bind((address, 0))
+    except OSError:
+        return None
+    return address
+
+
+def ledger_settings(redis_url: str, tmp_path: Path, *, token: str) -> Settings:
+    """Return settings with a ledger file, so the dashboard can answer."""
+    return Settings(
+        webhook_secret=SECRET,
+        redis_url=redis_url,
+        spool_path=tmp_path / "spool.db",
+        database_url=f"sqlite:///{tmp_path / 'ledger.db'}",
+        admin_token=token,
     )
-    line = LogfmtFormatter().format(record)
-    assert " INFO bot.server delivery answered " in line
-    for pair in (
-        "delivery_id=d-1",
-        "installation_id=7",
-        'task=""',
-        'tier=""',
-        "ms=1.5",
-        'reason="a \\"quoted\\" value"',
-    ):
-        assert pair in line
-    try:
-        raise ValueError("boom")
-    except ValueError:
-        import sys as _sys
 
-        record.exc_info = _sys.exc_info()
-    assert "ValueError: boom" in LogfmtFormatter().format(record)
+
+def test_a_non_loopback_client_gets_the_dashboard_only_with_the_token(
+    redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real uvicorn admin listener on this host's LAN address, asked from that address."""
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this host has no non-loopback IPv4 address to bind the admin listener to")
+    settings = ledger_settings(redis_url, tmp_path, token=ADMIN_TOKEN)
+    edge = EdgeServer(settings, load_policy(), admin_host=address).start()
+    transport = httpx.HTTPTransport(local_address=address)
+    try:
+        with (
+            httpx.Client(base_url=edge.admin_url, transport=transport, timeout=30) as lan,
+            caplog.at_level(logging.WARNING, logger="bot.admin"),
+        ):
+            refused = lan.get("/dashboard")
+            assert refused.status_code == 401
+            assert refused.headers["www-authenticate"].startswith("Bearer")
+            assert "CIBOT_ADMIN_TOKEN" in refused.json()["error"]
+            assert "Cost per accepted PR" not in refused.text
+            forged = {"X-Forwarded-For": "127.0.0.1", "X-Real-IP": "127.0.0.1"}
+            assert lan.get("/dashboard", headers=forged).status_code == 401
+            wrong = {"Authorization": "Bearer " + ADMIN_TOKEN[:-1] + "X"}
+            assert lan.get("/metrics", headers=wrong).status_code == 401
+            good = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            page = lan.get("/dashboard", headers=good)
+            assert page.status_code == 200 and "Cost per accepted PR" in page.text
+            assert "cibot_webhook_deliveries" in lan.get("/metrics", headers=good).text
+        refusals = [r for r in caplog.records if r.getMessage() == "admin request refused"]
+        assert [r.__dict__["client"] for r in refusals] == [address] * 3
+        assert ADMIN_TOKEN not in " ".join(str(r.__dict__) for r in caplog.records)
+    finally:
+        edge.stop()
+
+
+def test_without_a_token_the_admin_app_answers_loopback_clients_only(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Through the real ASGI stack, with the client address a remote peer would have."""
+    import asyncio
+
+    from bot.server import create_apps
+
+    async def ask(client_host: str, token: str, headers: dict[str, str]) -> httpx.Response:
+        intake = Intake(CeleryBroker(redis_url), Spool(tmp_path / "spool.db"))
+        settings = ledger_settings(redis_url, tmp_path, token=token)
+        apps = create_apps(settings, load_policy(), enqueue=intake)
+        transport = httpx.ASGITransport(app=apps.admin, client=(client_host, 40000))
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://cibot") as http:
+                return await http.get("/metrics", headers=headers)
+        finally:
+            intake.close()
+
+    bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    remote = asyncio.run(ask("203.0.113.7", "", bearer))
+    assert remote.status_code == 403
+    assert "only loopback clients" in remote.json()["error"]
+    assert asyncio.run(ask("::ffff:203.0.113.7", ADMIN_TOKEN, {})).status_code == 401
+    assert asyncio.run(ask("203.0.113.7", ADMIN_TOKEN, bearer)).status_code == 200
+    assert asyncio.run(ask("::1", "", {})).status_code == 200
+    assert asyncio.run(ask("::ffff:127.0.0.1", "", {})).status_code == 200
+
+
+def test_cibot_serve_refuses_an_exposed_admin_listener_without_a_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIBOT_")}
+    env |= {"CIBOT_WEBHOOK_SECRET": SECRET, "CIBOT_ADMIN_HOST": "0.0.0.0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "serve", "--port", str(free_port())],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "CIBOT_ADMIN_HOST=0.0.0.0 is not a loopback address" in line
+    assert "set CIBOT_ADMIN_TOKEN" in line
+
+
+def test_cibot_serve_logs_one_json_object_per_line_with_the_delivery_fields(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The real `cibot serve`: two listeners, and every line it prints is structured."""
+    port, admin_port = free_port(), free_port()
+    env = {"CIBOT_LOG_FORMAT": "json", "CIBOT_LOG_LEVEL": "info"}
+    process = _serve(redis_url, tmp_path, port, {**env, "CIBOT_ADMIN_PORT": str(admin_port)})
+    try:
+        wait_for_port(admin_port, timeout=30)
+        body, headers = delivery("pull_request.opened", "json-log-1")
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/webhook", content=body, headers=headers, timeout=10
+        )
+        assert response.status_code == 202
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).status_code == 404
+        scraped = httpx.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=10)
+        assert 'cibot_webhook_deliveries_total{event="pull_request",outcome="enqueued"} 1.0' in (
+            scraped.text
+        )
+    finally:
+        _shutdown(process)
+    assert process.returncode == 0
+    lines = (tmp_path / "serve.log").read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line: one JSON object
+    (answered,) = [r for r in records if r["event"] == "delivery answered"]
+    assert answered["delivery_id"] == "json-log-1"
+    assert answered["installation_id"] == 2311213
+    assert (answered["task"], answered["status"], answered["outcome"]) == (
+        "summary",
+        202,
+        "enqueued",
+    )
+    assert answered["level"] == "info" and answered["logger"] == "bot.server"
+    for record in records:
+        assert {"timestamp", "level", "event", "delivery_id", "task", "tier"} <= record.keys()
+    assert SECRET not in "\n".join(lines)

@@ -44,7 +44,9 @@ class FaultyBroker(CeleryBroker):
 
 
 @pytest.fixture(scope="module")
-def edge(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EdgeServer]:
     if redis_server.process is None:
         redis_server.start()
     redis.Redis.from_url(redis_server.url).flushall()
@@ -53,9 +55,14 @@ def edge(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) ->
         webhook_secret=SECRET, redis_url=redis_server.url, spool_path=tmp / "spool.db"
     )
     intake = Intake(FaultyBroker(redis_server.url), Spool(tmp / "spool.db"))
-    server = EdgeServer(settings_, load_policy(), intake=intake).start()
-    yield server.url
-    server.stop()
+    edge = EdgeServer(settings_, load_policy(), intake=intake).start()
+    yield edge
+    edge.stop()
+
+
+@pytest.fixture(scope="module")
+def edge(server: EdgeServer) -> str:
+    return server.url
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +266,7 @@ def test_raw_malformed_header_bytes_never_500(
         assert status != 500 and status < 600, answer[:300]
 
 
-def test_the_server_is_healthy_after_the_fuzzing(client: httpx.Client) -> None:
+def test_the_server_is_healthy_after_the_fuzzing(client: httpx.Client, server: EdgeServer) -> None:
     assert_healthy(client)
-    metrics = client.get("/metrics").text
+    metrics = httpx.get(f"{server.admin_url}/metrics", timeout=10).text
     assert "cibot_webhook_deliveries_total" in metrics
