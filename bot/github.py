@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, TypeVar
@@ -78,9 +78,10 @@ _STATUS_ERRORS: dict[int, type[GitHubError]] = {
     403: GitHubPermission,
     404: GitHubNotFound,
 }
+# The operator's fix for each answer: in the error's message and in the log line's `fix`.
 _STATUS_HINTS: dict[int, str] = {
-    401: "the credentials were refused: check CIBOT_GITHUB_APP_ID and the App's private key "
-    "(or the token), and that the machine's clock is right",
+    401: "check CIBOT_GITHUB_APP_ID and the private key; the App key may be revoked (generate "
+    "a new one on the App's settings page), or the token expired, or this host's clock is off",
     403: "the App lacks a permission for this call: compare the App's permissions with "
     ".github/app-manifest.json and accept any pending permission request on the installation",
     404: "not found: the repository, pull request or object does not exist, or the App is not "
@@ -256,12 +257,48 @@ def _response_message(response: httpx.Response) -> str:
         return response.text[:200]
 
 
-def _failure_level(error: GitHubError) -> int:
-    """Log outages at WARNING; a 4xx is usually an answer (absent file, missing PR)."""
-    return logging.WARNING if isinstance(error, GitHubTransient | RateLimited) else logging.INFO
+RATE_LIMIT_FIX = (
+    "the installation is rate limited; cibot waits as long as GitHub asks. If it happens "
+    "often, turn off tasks the repos do not use or spread the work over time"
+)
+SERVER_ERROR_FIX = (
+    "GitHub answered with a server error; cibot retries with backoff. If it persists, "
+    "check https://www.githubstatus.com"
+)
+UNREACHABLE_FIX = "check the network, any HTTPS_PROXY, and CIBOT_GITHUB_API_URL"
+
+
+def operator_fix(error: GitHubError) -> str:
+    """Return what an operator should do about a failed GitHub call."""
+    if isinstance(error, RateLimited):
+        return RATE_LIMIT_FIX
+    if isinstance(error, GitHubTransient):
+        return UNREACHABLE_FIX if error.status == 0 else SERVER_ERROR_FIX
+    return _STATUS_HINTS.get(error.status, "read GitHub's message in `error`")
+
+
+def _failure_level(error: GitHubError, expected: Collection[int]) -> int:
+    """Log refused credentials or permissions at ERROR, other failures at WARNING.
+
+    A status the caller expects (a 404 for a file that may be absent) is an answer, not a
+    failure: DEBUG.
+    """
+    if error.status in expected:
+        return logging.DEBUG
+    return logging.ERROR if isinstance(error, GitHubPermission) else logging.WARNING
 
 
 _RAW_ERRORS = (GithubException, httpx.HTTPError, OSError)
+
+
+def _failure_fields(error: GitHubError) -> dict[str, object]:
+    """Return the log fields of a failed call: status, kind, GitHub's words and the fix."""
+    return {
+        "status": error.status,
+        "error_kind": type(error).__name__,
+        "error": str(error).replace(f" ({_STATUS_HINTS.get(error.status)})", "")[:300],
+        "fix": operator_fix(error),
+    }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -277,8 +314,18 @@ class RetryPolicy:
     max_wait: float = 120.0
     jitter: Callable[[], float] = random.random
 
-    def run(self, call: Callable[[], T], *, context: Mapping[str, object]) -> T:
-        """Run ``call``, waiting and retrying as the policy allows; raise a GitHubError."""
+    def run(
+        self,
+        call: Callable[[], T],
+        *,
+        context: Mapping[str, object],
+        expected: Collection[int] = (),
+    ) -> T:
+        """Run ``call``, waiting and retrying as the policy allows; raise a GitHubError.
+
+        A failure is logged with its HTTP status and the operator's fix; ``expected``
+        statuses (an absent file's 404) are logged at DEBUG only.
+        """
         attempt = 1
         while True:
             try:
@@ -286,17 +333,11 @@ class RetryPolicy:
             except _RAW_ERRORS as exc:
                 error = _translate(exc, now=self.clock(), attempt=attempt)
                 wait = self.wait_before_retry(error, attempt)
+                fields = {**context, **_failure_fields(error), "attempt": attempt}
                 if wait is None:
-                    log.log(
-                        _failure_level(error),
-                        "github call failed",
-                        extra={**context, "status": error.status, "attempt": attempt},
-                    )
+                    log.log(_failure_level(error, expected), "github call failed", extra=fields)
                     raise error from exc
-            log.warning(
-                "github call retried",
-                extra={**context, "status": error.status, "attempt": attempt, "wait_s": wait},
-            )
+            log.warning("github call retried", extra={**fields, "wait_s": round(wait, 3)})
             self.sleep(wait)
             attempt += 1
 
@@ -625,17 +666,24 @@ class GitHubClient:
 
     # ------------------------------------------------------------ plumbing
 
-    def _call(self, operation: str, repo: str, call: Callable[[], T]) -> T:
-        """Run one logical operation under the retry policy; re-mint once on a refused token."""
+    def _call(
+        self, operation: str, repo: str, call: Callable[[], T], *, expected: Collection[int] = ()
+    ) -> T:
+        """Run one logical operation under the retry policy; re-mint once on a refused token.
+
+        ``expected`` lists statuses the caller turns into an answer (404: the file is absent).
+        """
         context = {"installation_id": self._installation_id, "repo": repo, "operation": operation}
+        # A 401 the client can heal by minting a new token is not yet worth an ERROR line.
+        first = (*expected, 401) if self._forget is not None else expected
         try:
-            return self._policy.run(call, context=context)
+            return self._policy.run(call, context=context, expected=first)
         except GitHubPermission as exc:
             if exc.status != 401 or self._forget is None:
                 raise
             log.info("github token refused; minting a new one", extra=context)
             self._forget()
-            return self._policy.run(call, context=context)
+            return self._policy.run(call, context=context, expected=expected)
 
     def _repo(self, repo: str) -> Repository:
         """Return a lazy PyGithub repository (no request is made)."""
@@ -741,7 +789,7 @@ class GitHubClient:
         """Return the user's role on the repo: admin, maintain, write, triage, read or none."""
         path = f"/repos/{_check_repo(repo)}/collaborators/{urllib.parse.quote(user, safe='')}/permission"
         try:
-            data = self._call("permission", repo, lambda: self._api("GET", path))
+            data = self._call("permission", repo, lambda: self._api("GET", path), expected=(404,))
         except GitHubNotFound:
             return "none"
         role = str(data.get("role_name") or "")
@@ -752,7 +800,10 @@ class GitHubClient:
         """Return a text file from the default branch, or None when it is absent."""
         try:
             content = self._call(
-                "default_branch_file", repo, lambda: self._repo(repo).get_contents(path)
+                "default_branch_file",
+                repo,
+                lambda: self._repo(repo).get_contents(path),
+                expected=(404,),
             )
         except GitHubNotFound:
             return None
@@ -777,7 +828,10 @@ class GitHubClient:
         """Return a text file as it is at ``ref``, or None when it is absent or too large."""
         try:
             content = self._call(
-                "file_at", repo, lambda: self._repo(repo).get_contents(path, ref=ref)
+                "file_at",
+                repo,
+                lambda: self._repo(repo).get_contents(path, ref=ref),
+                expected=(404,),
             )
         except GitHubNotFound:
             return None

@@ -866,6 +866,64 @@ def test_tokens_and_keys_never_reach_the_logs(
     assert "PRIVATE KEY" not in text
 
 
+def failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """Return the 'github call failed' records."""
+    return [r for r in caplog.records if r.getMessage() == "github call failed"]
+
+
+def test_refused_credentials_are_logged_as_errors_with_the_fix(
+    fake: FakeGitHub, sleeps: Sleeps, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="bot.github")
+    other = GitHubApp(
+        app_id="999", private_key=fake.private_key_pem, base_url=fake.url, sleep=sleeps
+    )
+    with pytest.raises(GitHubPermission):
+        other.installation_token(installation_id=INSTALLATION)
+    other.close()
+    (record,) = failures(caplog)
+    assert record.levelno == logging.ERROR
+    assert record.__dict__["status"] == 401
+    assert record.__dict__["operation"] == "mint_token"
+    assert "check CIBOT_GITHUB_APP_ID and the private key" in record.__dict__["fix"]
+    assert "may be revoked" in record.__dict__["fix"]
+    assert record.__dict__["error"].startswith("GitHub answered 401: ")
+
+
+def test_failures_are_warnings_and_an_absent_file_is_only_debug(
+    fake: FakeGitHub, client: GitHubClient, sleeps: Sleeps, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="bot.github")
+    assert client.default_branch_file(REPO, ".github/cibot.yml") is None
+    (absent,) = failures(caplog)
+    assert (absent.levelno, absent.__dict__["status"]) == (logging.DEBUG, 404)
+    caplog.clear()
+    fake.inject("GET", r"/pulls/7$", status=422)
+    with pytest.raises(GitHubValidation):
+        client.pull(REPO, 7)
+    fake.inject("GET", r"/pulls/7$", status=502, times=4)
+    with pytest.raises(GitHubTransient):
+        client.pull(REPO, 7)
+    logged = failures(caplog)
+    assert [(r.levelno, r.__dict__["status"]) for r in logged] == [
+        (logging.WARNING, 422),
+        (logging.WARNING, 502),
+    ]
+    assert "githubstatus.com" in logged[1].__dict__["fix"]
+    retried = [r for r in caplog.records if r.getMessage() == "github call retried"]
+    assert len(retried) == 3 and all(r.levelno == logging.WARNING for r in retried)
+
+
+def test_a_token_refused_once_is_reminted_without_an_error_line(
+    fake: FakeGitHub, client: GitHubClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    client.pull(REPO, 7)
+    fake.revoke_tokens()
+    caplog.set_level(logging.DEBUG, logger="bot.github")
+    client.pull(REPO, 7)
+    assert [r.levelno for r in failures(caplog)] == [logging.DEBUG]
+
+
 # ---------------------------------------------------------------- the App manifest
 
 
