@@ -14,7 +14,16 @@ from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, field_
 
 from bot.errors import ConfigError
 from policies import detectors, semantic
-from policies.model import Category, ContentRule, Frozen, Policy, Service, TaskName
+from policies.model import (
+    Category,
+    ContentRule,
+    Ecosystem,
+    Frozen,
+    PackageName,
+    Policy,
+    Service,
+    TaskName,
+)
 
 DEFAULT_SOURCE = "policies/default.yaml"
 
@@ -239,6 +248,14 @@ class _RepoCategory(Frozen):
         return rules
 
 
+class _RepoDependencies(Frozen):
+    """Let a repo add security-relevant packages (never remove the packaged or operator ones)."""
+
+    packages: dict[
+        Ecosystem, dict[Category, Annotated[tuple[PackageName, ...], Field(max_length=200)]]
+    ] = Field(default_factory=dict)
+
+
 REPO_KEYS: dict[str, Any] = {
     "private_only": _RepoPrivateOnly,
     "review": _RepoReview,
@@ -249,6 +266,7 @@ REPO_KEYS: dict[str, Any] = {
     "tasks": dict[TaskName, _RepoTask],
     "sensitive": dict[Category, _RepoCategory],
     "services": dict[str, _RepoService],
+    "dependencies": _RepoDependencies,
 }
 
 
@@ -376,6 +394,15 @@ def _merge_sensitive(merged: dict[str, Any], value: dict[str, _RepoCategory], re
         target["content"] = _union(target["content"], [r.model_dump() for r in rules.content])
 
 
+def _merge_dependencies(merged: dict[str, Any], value: _RepoDependencies, repo: str) -> None:
+    """Add the repo's security-relevant packages to the operator's, per ecosystem and category."""
+    packages = merged["dependencies"]["packages"]
+    for ecosystem, categories in value.packages.items():
+        target = packages.setdefault(ecosystem, {})
+        for category, names in categories.items():
+            target[category] = _union(target.get(category, ()), names)
+
+
 def _merge_services(merged: dict[str, Any], value: dict[str, Service], repo: str) -> None:
     """Add or replace service-map entries."""
     merged["services"].update({name: svc.model_dump() for name, svc in value.items()})
@@ -391,4 +418,5 @@ MERGERS: dict[str, Any] = {
     "tasks": _merge_tasks,
     "sensitive": _merge_sensitive,
     "services": _merge_services,
+    "dependencies": _merge_dependencies,
 }

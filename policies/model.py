@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 TierName = Literal["local", "mid", "frontier", "human"]
 TIER_ORDER: tuple[str, ...] = ("local", "mid", "frontier", "human")
@@ -12,6 +12,13 @@ TaskName = Literal["summary", "review", "ci", "tests", "deps", "refactor", "inci
 TASKS: tuple[str, ...] = ("summary", "review", "ci", "tests", "deps", "refactor", "incident")
 Category = Literal["auth", "crypto", "payments", "infra"]
 CATEGORIES: tuple[str, ...] = ("auth", "crypto", "payments", "infra")
+# Gradle shares Maven's group:artifact coordinates, so both are "maven".
+Ecosystem = Literal[
+    "pip", "npm", "go", "cargo", "maven", "rubygems", "actions", "docker", "terraform", "pre-commit"
+]
+# A package name or fnmatch glob, as its ecosystem spells it: PyJWT, @auth/core,
+# github.com/golang-jwt/jwt, org.springframework.security:*, passport-*.
+PackageName = Annotated[str, StringConstraints(min_length=1, max_length=214, pattern=r"^\S+$")]
 
 
 class Frozen(BaseModel):
@@ -139,6 +146,16 @@ class Behaviour(Frozen):
     context_reserve_tokens: int = Field(default=2048, ge=0)
 
 
+class Dependencies(Frozen):
+    """List security-relevant packages per ecosystem and category.
+
+    The policy's entries are added to the packaged knowledge base (policies/packages.yaml);
+    a bump of a listed package is a sensitive change in that category.
+    """
+
+    packages: dict[Ecosystem, dict[Category, tuple[PackageName, ...]]] = {}
+
+
 class Policy(Frozen):
     """Hold the whole routing policy."""
 
@@ -154,6 +171,7 @@ class Policy(Frozen):
     history: History = History()
     review: ReviewSettings = ReviewSettings()
     behaviour: Behaviour = Behaviour()
+    dependencies: Dependencies = Dependencies()
 
     @model_validator(mode="after")
     def _check_references(self) -> Policy:
