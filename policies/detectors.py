@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pathspec
 from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
 
-from policies import deps
+from policies import deps, services
 from policies.evidence import Evidence
 from policies.model import CATEGORIES, Policy
 
@@ -114,45 +114,29 @@ def sensitive(evidence: Evidence, policy: Policy) -> Iterator[Reason]:
     return semantic.sensitive(evidence, policy)
 
 
+# The service functions live in policies.services (discovery, touched services, the
+# multi-service trigger); these wrappers keep this module's names and TRIGGERS working.
+# They call through the module object because policies.services imports this module.
+
+
 def services_of_path(path: str, policy: Policy) -> set[str]:
     """Return the services a path belongs to, by the service map then the service roots."""
-    found = {name for name, globs, _ in compiled(policy).services if globs.match(path)}
-    if not found:
-        for root in policy.service_roots:
-            if path.startswith(root) and "/" in path[len(root) :]:
-                found.add(path[len(root) :].split("/", 1)[0])
-    return found
+    return services.services_of_path(path, policy)
 
 
 def services_of_job(job: str, policy: Policy) -> set[str]:
     """Return the services a CI job name belongs to, by the service map's job globs."""
-    return {
-        name
-        for name, _, jobs in compiled(policy).services
-        if any(fnmatch.fnmatchcase(job, pattern) for pattern in jobs)
-    }
+    return services.services_of_job(job, policy)
 
 
 def failing_services(evidence: Evidence, policy: Policy) -> dict[str, str]:
     """Map each failing service to the job or path that shows it failing."""
-    failing: dict[str, str] = {}
-    if evidence.ci is None:
-        return failing
-    for job in evidence.ci.failed_jobs:
-        for service in services_of_job(job, policy):
-            failing.setdefault(service, f"job '{job}'")
-    for path in evidence.ci.failed_paths:
-        for service in services_of_path(path, policy):
-            failing.setdefault(service, f"{path}")
-    return failing
+    return services.failing_services(evidence, policy)
 
 
 def multi_service_failure(evidence: Evidence, policy: Policy) -> Iterator[Reason]:
     """Yield reasons when CI failures span two or more services."""
-    failing = failing_services(evidence, policy)
-    if len(failing) >= 2:
-        for service, where in sorted(failing.items()):
-            yield Reason("multi_service_failure", f"service '{service}' fails: {where}")
+    return services.multi_service_failure(evidence, policy)
 
 
 def breaking_api_surface(evidence: Evidence, policy: Policy) -> Iterator[Reason]:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from unidiff.errors import UnidiffParseError
 from unidiff.patch import PatchSet
 
 from bot.errors import InputError
+
+if TYPE_CHECKING:
+    from policies.services import ServiceMap
 
 LOCK_FILES = frozenset(
     {
@@ -109,6 +113,7 @@ class Evidence:
     acceptance: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     frontier_spend_usd: float = 0.0
     force_tier: str | None = None
+    services: ServiceMap | None = None  # the checkout's services, when there is a checkout
 
 
 def decode(data: bytes | str) -> str:
