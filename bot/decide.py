@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from policies.evidence import CiFacts, Evidence, TestFacts, evidence_from_diff
 from policies.loading import load_policy, merge_repo_config
 from policies.model import TASKS, TIER_ORDER, Policy
 from policies.routing import Decision, route
+from policies.services import Reader, ServiceMap, discover
 from workers import tokens
 
 HUMAN = """\
@@ -22,6 +24,7 @@ categories:   {categories}
 private_only: {private}
 why:
 {why}"""
+MAX_FILE = 1024 * 1024  # build and deploy files are small; skip anything larger
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a repo's .github/cibot.yml to merge onto the policy")
     parser.add_argument("--policy", help="operator policy YAML (default: CIBOT_POLICY or built-in)")
     parser.add_argument("--facts", help="JSON file of extra facts: repo, labels, ci, tests, ...")
+    parser.add_argument(
+        "--repo", help="a git checkout of the PR head: discover its services from the tree"
+    )
     parser.add_argument("--json", action="store_true", help="print the decision as JSON")
 
 
@@ -42,6 +48,58 @@ def read_input(name: str) -> bytes:
         return Path(name).read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {name}: {exc.strerror or exc}") from exc
+
+
+def read_checkout(repo: str) -> tuple[list[str], Reader]:
+    """List a git checkout's tracked files and return a reader over its working tree."""
+    root = Path(repo)
+    if not root.is_dir():
+        what = "not a directory" if root.exists() else "no such directory"
+        raise InputError(f"--repo {repo}: {what}; pass the path of a git checkout")
+    top = _git(repo, "rev-parse", "--show-toplevel").decode("utf-8", "replace").strip()
+    listed = _git(top, "ls-files", "-z").decode("utf-8", "replace").split("\0")
+    return [path for path in listed if path], _reader(Path(top))
+
+
+def _git(repo: str, *args: str) -> bytes:
+    """Run git in a checkout; raise InputError saying how to fix a failure."""
+    try:
+        done = subprocess.run(["git", "-C", repo, *args], capture_output=True, timeout=120)
+    except FileNotFoundError as exc:
+        raise InputError("git is not installed: install git to read --repo") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise InputError(
+            f"--repo {repo}: git took over {exc.timeout:.0f}s to list the tree"
+        ) from exc
+    if done.returncode != 0:
+        said = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        detail = f" ({said[0]})" if said else ""
+        raise InputError(f"--repo {repo}: not a git checkout{detail}; pass a clone of the repo")
+    return done.stdout
+
+
+def _reader(root: Path) -> Reader:
+    """Return a reader of the checkout's files: text, or None for what it must not read."""
+
+    def read(path: str) -> str | None:
+        if path.startswith("/") or ".." in path.split("/"):
+            return None
+        target = root / path
+        try:
+            # A tracked symlink may point outside the checkout: never read through one.
+            if target.is_symlink() or not target.is_file() or target.stat().st_size > MAX_FILE:
+                return None
+            return target.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+
+    return read
+
+
+def checkout_services(repo: str) -> ServiceMap:
+    """Discover the services of a git checkout from its tracked files."""
+    paths, read = read_checkout(repo)
+    return discover(paths, read)
 
 
 def policy_for(args: argparse.Namespace, settings: Settings) -> Policy:
@@ -144,6 +202,8 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     policy = policy_for(args, settings)
     facts = facts_from(args.facts)
+    if args.repo:
+        facts["services"] = checkout_services(args.repo)
     evidence: Evidence = evidence_from_diff(read_input(args.diff), count=tokens.count, **facts)
     decision = route(args.task, evidence, policy)
     print(json.dumps(decision.to_json(), indent=2) if args.json else render(decision))
