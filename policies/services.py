@@ -166,6 +166,7 @@ class Block:
     end: int
     kind: str  # "Compose service", "Skaffold artifact", "Helm values", or a Kubernetes kind
     name: str
+    indent: int = 0  # the column of the block's first line (its key, or its list dash)
 
     def at(self, line: int) -> str:
         """Say where a change hits this block, as a reason's evidence."""
@@ -255,9 +256,9 @@ def _node(number: int, line: str, stripped: str) -> Node:
 
 def _scalar(value: str | None) -> str:
     """Strip a trailing comment and quotes from a scalar value."""
-    if not value:
+    value = (value or "").strip()
+    if not value or value.startswith("#"):
         return ""
-    value = value.strip()
     if value[:1] in ("'", '"'):
         return value[1:].split(value[0], 1)[0]
     return COMMENT.sub("", value)
@@ -453,7 +454,8 @@ def compose_items(path: str, text: str) -> list[Item]:
     for i in children(nodes, top):
         name = nodes[i].key or ""
         end = subtree_end(nodes, i)
-        block = Block(path, nodes[i].line, _last_line(nodes, i, end), "Compose service", name)
+        last = _last_line(nodes, i, end)
+        block = Block(path, nodes[i].line, last, "Compose service", name, nodes[i].col)
         folder, built = _compose_build(nodes, i, here)
         image_at = child(nodes, i, "image")
         image = nodes[image_at].value if image_at is not None else ""
@@ -504,7 +506,8 @@ def skaffold_items(path: str, text: str) -> list[Item]:
             context = _join(here, nodes[context_at].value if context_at is not None else ".")
             end = subtree_end(nodes, i)
             name = image_name(image)
-            block = Block(path, nodes[i].line, _last_line(nodes, i, end), "Skaffold artifact", name)
+            last = _last_line(nodes, i, end)
+            block = Block(path, nodes[i].line, last, "Skaffold artifact", name, nodes[i].dash or 0)
             source = f"{path} artifact '{name}' builds {context or '.'}"
             items.append(Item(name, block, source, context, image, True, "Skaffold artifact"))
     return items
@@ -1333,7 +1336,7 @@ def block_hits(change: FileChange, lookups: _Index) -> dict[str, str]:
     if path in lookups.blocks:
         added, removed = head_lines(change)
         found = [(line, lookups.block_at(path, line)) for line in added]
-        found += [(line, _removed_block(path, line, text, lookups)) for line, text in removed]
+        found += [_removed_block(path, line, text, lookups) for line, text in removed]
         hits: dict[str, str] = {}
         for line, hit in sorted(found, key=lambda row: row[0]):
             if hit is not None:
@@ -1344,17 +1347,23 @@ def block_hits(change: FileChange, lookups: _Index) -> dict[str, str]:
     return _hunk_hits(change, lookups)
 
 
-def _removed_block(path: str, before: int, text: str, lookups: _Index) -> tuple[str, Block] | None:
-    """Return the block a removed line was in: it sat between head lines before and before+1.
+def _removed_block(
+    path: str, before: int, text: str, lookups: _Index
+) -> tuple[int, tuple[str, Block] | None]:
+    """Return (head line, block) for a removed line that sat between lines before and before+1.
 
-    An indented line continued the block above it, unless the next line is still inside
-    that same block; a line at the left margin belonged to whatever follows.
+    A line indented deeper than the next block's own key continued the block above it
+    (when the next line starts a new block); a line at the key's column or left of it
+    belonged to whatever follows.
     """
     above = lookups.block_at(path, before) if before else None
     below = lookups.block_at(path, before + 1)
-    if above is not None and text[:1] in (" ", "\t") and (below is None or below[1].start > before):
-        return above
-    return below
+    indent = len(text) - len(text.lstrip(" "))
+    starts_next = below is None or below[1].start > before
+    key_column = below[1].indent if below is not None else 0
+    if above is not None and starts_next and indent > key_column:
+        return before, above
+    return before + 1, below
 
 
 def _hunk_hits(change: FileChange, lookups: _Index) -> dict[str, str]:
@@ -1470,11 +1479,17 @@ def infer(evidence: Evidence, policy: Policy) -> ServiceMap:
     seen = discover([*changed, *failed], _unread)
     entries = {entry.name: entry for entry in seen.services}
     claimed = {folder for entry in seen.services for folder in entry.folders}
-    for folder, why in _shown_siblings(changed, failed) + _rooted(changed + failed, policy):
+    for folder, why in _shown_siblings(changed, failed):
         name = _base(folder)
         if folder not in claimed and name not in entries:
             entries[name] = ServiceEntry(name, (folder,), (why,), source="inferred")
             claimed.add(folder)
+    # Folders under the service roots are mapped by the roots themselves; their names are
+    # kept so that a failed job naming one counts too.
+    for folder, why in _rooted(changed + failed, policy):
+        entries.setdefault(
+            _base(folder), ServiceEntry(_base(folder), (), (why,), source="inferred")
+        )
     for name, files in _manifest_names(changed).items():
         known = next((e for e in entries.values() if canon(e.name) == canon(name)), None)
         why = f"{files[0]} is a manifest named after it"
