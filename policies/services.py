@@ -756,8 +756,11 @@ class _Discovery:
         self.prefixes: set[str] = set()
 
     def text(self, path: str) -> str | None:
-        """Read a file through the reader, refusing what is missing or too large."""
-        body = self.read(path)
+        """Read a file through the reader, refusing what is missing, unreadable or too large."""
+        try:
+            body = self.read(path)
+        except (OSError, UnicodeError, ValueError):
+            return None  # a caller's reader that fails on one file leaves that file unread
         return body if body is not None and len(body) <= MAX_TEXT else None
 
     def run(self) -> ServiceMap:

@@ -208,6 +208,19 @@ def test_unreadable_deploy_files_still_leave_the_folders() -> None:
     assert all(entry.blocks == () for entry in result.services)
 
 
+def test_a_reader_that_fails_leaves_that_file_unread() -> None:
+    paths, read = tree("compose")
+
+    def failing(path: str) -> str | None:
+        if path == "docker-compose.yml":
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+        return read(path)
+
+    result = discover(paths, failing)
+    assert result.names() == ("api", "web", "worker")
+    assert "docker-compose.yml" not in result.parsed
+
+
 def test_outline_keeps_keys_items_and_line_numbers() -> None:
     text = (
         "# top\n"
