@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bot import logsetup
 from bot.errors import TRANSIENT, ConfigError, InputError, NothingToDo
 from bot.settings import Settings
 from policies.loading import load_policy
@@ -229,12 +230,21 @@ def run(args: argparse.Namespace) -> int:
     from workers import pipeline
 
     settings = Settings.from_env(os.environ)
+    logsetup.configure(fmt=settings.log_format, level=settings.log_level or "info")
     policy = load_policy(
         Path(args.policy) if args.policy else settings.policy_path,
         overrides=settings.tier_overrides,
     )
     token = token_from(os.environ)
     ref = with_head(job_for(args, os.environ), settings, token)
+    with logsetup.job_context(**pipeline.log_fields(ref, step="ci")):
+        return _run_inline(ref, settings, policy, token)
+
+
+def _run_inline(ref: JobRef, settings: Settings, policy: Policy, token: str) -> int:
+    """Route, compute and publish one job in this process; return the exit code."""
+    from workers import pipeline
+
     rt = runtime(settings, policy, token)
     try:
         outcome = _with_retries(pipeline.enqueue_model_job, ref, rt)

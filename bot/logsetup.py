@@ -139,6 +139,7 @@ def configure(*, fmt: str = "logfmt", level: str = "info", stream: IO[str] | Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # a warning is a structured line too, not loose text
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -34,7 +34,7 @@ from bot.errors import (
 from bot.settings import Settings
 from policies.costs import api_call_cost, private_call_cost
 from policies.model import Policy, Tier, TierPrice
-from workers import tokens
+from workers import metrics, tokens
 from workers.redaction import redact
 
 log = logging.getLogger("cibot.llm")
@@ -173,6 +173,7 @@ def _litellm() -> Any:
                 import litellm
 
                 litellm.suppress_debug_info = True
+                _adopt_loggers()
                 litellm.completion(
                     model="hosted_vllm/warm-up",
                     messages=[{"role": "user", "content": "warm up"}],
@@ -180,6 +181,20 @@ def _litellm() -> Any:
                 )
             _loaded["litellm"] = litellm
     return _loaded["litellm"]
+
+
+# litellm gives these loggers handlers and formats of its own; cibot's logging setup
+# (bot.logsetup) should print their lines like every other, and only from WARNING up.
+LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
+
+
+def _adopt_loggers() -> None:
+    """Route litellm's loggers through the root handler, at WARNING and above."""
+    for name in LITELLM_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.WARNING)
 
 
 def _price_entry(model: str) -> dict[str, Any] | None:
@@ -423,6 +438,7 @@ class ModelClient:
             except _Failed as failed:
                 failure = failed
                 request.fall_back(failed.kind)
+                metrics.observe_fallback(name, failed.kind)
                 if failed.kind not in TIER_WIDE:
                     request.last_failure = failed
                 if tier.private and isinstance(failed.error, ModelUnavailable):
@@ -466,7 +482,8 @@ class ModelClient:
         started = self.clock()
         request.external_tried = request.external_tried or not tier.private
         try:
-            response = _litellm().completion(**self._call_args(tier, model, messages, request))
+            with metrics.in_flight(name):
+                response = _litellm().completion(**self._call_args(tier, model, messages, request))
         except Exception as exc:
             kind, error = classify(exc)
             record = CallRecord(
@@ -712,5 +729,6 @@ class ModelClient:
                 "redactions": sum(record.redactions.values()),
             },
         )
+        metrics.observe_call(record, private=self.policy.tiers[record.tier].private)
         if self.recorder is not None:
             self.recorder(record)

@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol, cast
 
+from bot import logsetup
 from bot.errors import (
     CibotError,
     ConfigError,
@@ -444,6 +445,7 @@ def enqueue_model_job(ref: JobRef, rt: Runtime) -> Outcome:
     with contextlib.closing(rt.github(ref.installation_id)) as github:
         gathered = job.gather(github, ref, repo_policy(github, ref.repo, rt.policy))
         decision = decide(ref, gathered, rt)
+        logsetup.bind(tier=decision.tier)
         if decision.tier == "human":
             return _publish_human(ref, rt, job, github, decision)
     rt.ledger.queue_job(ref, tier=decision.tier)
@@ -508,6 +510,7 @@ def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> Ou
     with contextlib.closing(rt.github(ref.installation_id)) as github:
         gathered = job.gather(github, ref, repo_policy(github, ref.repo, rt.policy))
         decision = decide(ref, gathered, rt)
+        logsetup.bind(tier=decision.tier)
         if decision.tier == "human":  # the evidence changed since dispatch routed it
             return _publish_human(ref, rt, job, github, decision)
         rt.ledger.start_job(
@@ -584,6 +587,7 @@ def _store(ref: JobRef, rt: Runtime, payload: Mapping[str, Any], completion: Any
         "fallback_reasons": list(completion.fallback_reasons),
     }
     rt.redis.set(state_key(ref, "result"), json.dumps(result), ex=RESULT_TTL_S)
+    logsetup.bind(tier=completion.tier)  # where a fallback took the job
     log.info(
         "job computed",
         extra=log_fields(
@@ -636,6 +640,7 @@ def publish(ref: JobRef, rt: Runtime) -> Outcome:
         rt.redis.delete(state_key(ref, "result"))
         return Outcome.STALE
     result = json.loads(raw)
+    logsetup.bind(tier=result["tier"])
     # One publisher per PR and marker: the upsert reads then writes, and two at once
     # would both create a comment.
     lock = f"cibot:publish:{ref.repo}#{ref.pr_number}:{job.MARKER}"

@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+from bot import logsetup
 from bot.errors import TRANSIENT, CibotError, RateLimited
 from bot.settings import Settings
 from policies.model import Policy
-from workers import pipeline
+from workers import metrics, pipeline
 from workers.celery_app import DISPATCH, PUBLISH, RUN_JOB, Timing
 from workers.job import JobRef
 from workers.pipeline import Deadline, Outcome, Runtime
@@ -94,15 +96,33 @@ def register(app: Any, *, settings: Settings, policy: Policy, timing: Timing) ->
             soft_time_limit=limit.soft,
             time_limit=limit.hard,
             max_retries=timing.max_retries,
-        )(_thin(step, runtime, timing))
+        )(_thin(name, step, runtime, timing))
 
 
-def _thin(step: Step, runtime: LazyRuntime, timing: Timing) -> Callable[..., str]:
-    """Wrap a pipeline step as a task body: rebuild the JobRef, run, retry or record."""
+def _thin(name: str, step: Step, runtime: LazyRuntime, timing: Timing) -> Callable[..., str]:
+    """Wrap a pipeline step as a task body: rebuild the JobRef, run, retry or record.
+
+    Every line the step logs carries the job's fields (``bot.logsetup.job_context``), and
+    the step is counted in ``cibot_jobs_total`` with the tier it was routed to.
+    """
+    step_name = name.removeprefix("cibot.")
 
     def task(self: Any, **kwargs: Any) -> str:
         ref = JobRef.from_kwargs(kwargs)
-        return run_step(self, step, ref, runtime.get(), timing)
+        attempt = int(self.request.retries or 0) + 1
+        fields = pipeline.log_fields(ref, step=step_name, attempt=attempt)
+        with logsetup.job_context(**fields):
+            started, outcome = time.monotonic(), "error"
+            try:
+                outcome = run_step(self, step, ref, runtime.get(), timing)
+                return outcome
+            except Exception as exc:
+                # Celery's Retry is how a task asks to run again; anything else escaped.
+                outcome = "retry" if type(exc).__name__ == "Retry" else "error"
+                raise
+            finally:
+                tier = str(logsetup.context().get("tier", ""))
+                metrics.observe_job(step_name, ref.task, tier, outcome, time.monotonic() - started)
 
     return task
 
