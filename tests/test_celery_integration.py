@@ -153,6 +153,8 @@ def cluster(
         env = {
             **os.environ,
             **environment(gh, local, external, redis_server.url, db, write_policy(tmp)),
+            # Three workers share this host; tests/test_worker_ops.py scrapes the endpoint.
+            "CIBOT_WORKER_METRICS_PORT": "off",
         }
         ledger = Ledger(db)
         world = Cluster(
@@ -359,6 +361,7 @@ def test_the_app_is_configured_for_at_least_once_delivery(default_policy: Policy
     assert (run_job.soft_time_limit, run_job.time_limit) == (timing.job.soft, timing.job.hard)
     assert app.tasks[DISPATCH].time_limit == timing.github.hard
     assert conf.task_routes[DISPATCH] == {"queue": "github"}
+    assert conf.worker_send_task_events and conf.task_send_sent_event  # Flower sees tasks
     app.close()
 
 

@@ -10,6 +10,10 @@ visibility timeout always exceeds the longest hard limit. Celery enforces limits
 prefork and gevent pools; the thread pools the model queues use check them cooperatively
 between pipeline steps (``workers.pipeline.Deadline``), and each model call carries its
 tier's own timeout.
+
+``celery -A workers.celery_app worker -Q <queue>`` finds ``app`` here: it is built from
+the ``CIBOT_*`` environment on first access (never at import), with the worker hooks of
+``workers.startup``. Task events are on, so Flower and ``celery events`` see every task.
 """
 
 from __future__ import annotations
@@ -163,7 +167,22 @@ def create_app(settings: Settings, policy: Policy, *, timing: Timing | None = No
             "unacked_restore_throttle": 1,
         },
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        # Events for Flower and `celery events`: received, started, succeeded, failed,
+        # retried; and "sent" for the tasks workers queue for each other.
+        # https://docs.celeryq.dev/en/stable/userguide/monitoring.html#events
+        worker_send_task_events=True,
+        task_send_sent_event=True,
     )
     tasks.register(app, settings=settings, policy=policy, timing=timing)
     return app
+
+
+def __getattr__(name: str) -> Any:
+    """Build ``app`` on first access, for ``celery -A workers.celery_app``."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from workers.startup import app_from_env
+
+    built = app_from_env()
+    globals()["app"] = built
+    return built

@@ -5,11 +5,18 @@ Model queues get a thread pool sized to keep the tier's concurrent slots full (t
 calls wait on I/O. ``github`` gets a small thread pool; ``sandbox`` a small prefork pool,
 since generated tests are CPU-bound and must be killable. One queue runs in this process;
 several run as one child process each, supervised: a child that dies is restarted.
+
+This is the one-box convenience. In production run each queue as a plain
+``celery -A workers.celery_app worker -Q <queue> --pool ... --concurrency ...`` under the
+orchestrator (``plan`` gives the pool and size; README, "Run workers in production").
+Both paths share ``workers.startup``. A missing setting or an unreachable Redis stops
+``cibot worker`` before any child starts: one line on stderr, exit code 2, no restarts.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
@@ -23,14 +30,13 @@ from dataclasses import dataclass
 from types import FrameType
 
 from bot.errors import InputError
-from bot.settings import Settings
+from bot.settings import DISABLED, Settings
 from policies.model import Policy
 from workers.celery_app import (
     SANDBOX,
     Timing,
     all_queues,
     create_app,
-    model_queues,
     queue_concurrency,
 )
 
@@ -38,6 +44,7 @@ log = logging.getLogger("cibot.worker")
 
 RESTART_WINDOW_S = 60.0
 MAX_RESTARTS = 5  # per child per window; more means it is crash-looping: give up
+CONFIG_EXIT = 2  # a child that exits with this found a configuration error: never restart
 
 
 @dataclass(frozen=True)
@@ -93,13 +100,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--include", default="", help="comma-separated extra modules that register tasks"
     )
     parser.add_argument("--hostname", help="node name (default: <queue>.<pid>@<host>)")
+    parser.add_argument(
+        "--metrics-port",
+        help="port of the worker's metrics endpoint, or off (default: "
+        "CIBOT_WORKER_METRICS_PORT, else 9808; with several queues, queue N gets port+N)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Start one worker in this process, or supervise one child per queue."""
     from policies.loading import load_policy
 
-    settings = Settings.from_env()
+    settings = _with_metrics_port(Settings.from_env(), args.metrics_port)
     policy = load_policy(settings.policy_path, overrides=settings.tier_overrides)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] or all_queues(policy)
     if args.concurrency is not None and (args.concurrency < 1 or len(queues) > 1):
@@ -107,25 +119,60 @@ def run(args: argparse.Namespace) -> int:
     plans = plan(queues, policy, concurrency=args.concurrency)
     if len(plans) == 1:
         return _run_one(plans[0], args, settings, policy)
-    return Supervisor([child_argv(p, args) for p in plans]).run()
+    ports = _child_ports(settings, len(plans))
+    _check_before_children(settings, plans, ports)
+    return Supervisor(
+        [child_argv(p, args, port) for p, port in zip(plans, ports, strict=True)]
+    ).run()
+
+
+def _with_metrics_port(settings: Settings, flag: str | None) -> Settings:
+    """Apply --metrics-port over CIBOT_WORKER_METRICS_PORT."""
+    if flag is None:
+        return settings
+    if flag.strip().lower() in DISABLED:
+        return dataclasses.replace(settings, worker_metrics_port=None)
+    if not flag.isdigit() or not 0 < int(flag) < 65536:
+        raise InputError(f"--metrics-port {flag!r} is not a TCP port: use 1 to 65535, or off")
+    return dataclasses.replace(settings, worker_metrics_port=int(flag))
+
+
+def _child_ports(settings: Settings, count: int) -> list[int | None]:
+    """Give child N the metrics port base+N, so workers on one host never collide."""
+    base = settings.worker_metrics_port
+    return [None if base is None else base + index for index in range(count)]
+
+
+def _check_before_children(
+    settings: Settings, plans: Sequence[PoolPlan], ports: Sequence[int | None]
+) -> None:
+    """Check the settings every child needs once, so a bad one is one line, not a loop."""
+    from workers import startup
+
+    if any(p.queue != SANDBOX for p in plans):
+        startup.check_github_app(settings)
+    startup.check_redis(settings.redis_url)
+    for port in ports:
+        if port is not None:
+            startup.check_port_free(settings.worker_metrics_host, port)
 
 
 def _run_one(chosen: PoolPlan, args: argparse.Namespace, settings: Settings, policy: Policy) -> int:
     """Run a single Celery worker in this process until it is told to stop."""
+    from workers import startup
+
     timing = Timing.from_policy(
         policy, max_job_s=args.max_job_seconds, retry_max_delay_s=args.retry_max_delay
     )
     app = create_app(settings, policy, timing=timing)
     for module in filter(None, (m.strip() for m in args.include.split(","))):
         importlib.import_module(module)
-    if chosen.pool == "threads":
-        # Connect, migrate and import now: a bad setting fails at startup, and the first
-        # job does not pay for cold imports. (Prefork children connect after the fork.)
-        from workers.pipeline import warm_up
-
-        app.cibot_runtime.get()
-        if chosen.queue in model_queues(policy):
-            warm_up(policy)
+    boot = startup.install(app, settings, policy)
+    # Check now, before Celery starts: a bad setting is one line on stderr and exit code 2.
+    # (A thread pool also connects and migrates here; prefork children connect after the fork.)
+    startup.preflight(boot, startup.Served((chosen.queue,), chosen.pool, chosen.concurrency))
+    if settings.worker_metrics_port is not None:
+        startup.check_port_free(settings.worker_metrics_host, settings.worker_metrics_port)
     hostname = args.hostname or f"{chosen.queue}.{os.getpid()}@{socket.gethostname()}"
     argv = [
         "worker",
@@ -143,7 +190,7 @@ def _run_one(chosen: PoolPlan, args: argparse.Namespace, settings: Settings, pol
     return 0
 
 
-def child_argv(chosen: PoolPlan, args: argparse.Namespace) -> list[str]:
+def child_argv(chosen: PoolPlan, args: argparse.Namespace, port: int | None = None) -> list[str]:
     """Return the command line that runs one queue's worker as a child process."""
     argv = [
         sys.executable,
@@ -156,6 +203,8 @@ def child_argv(chosen: PoolPlan, args: argparse.Namespace) -> list[str]:
         args.loglevel,
         "--retry-max-delay",
         str(args.retry_max_delay),
+        "--metrics-port",
+        "off" if port is None else str(port),
     ]
     if args.max_job_seconds is not None:
         argv += ["--max-job-seconds", str(args.max_job_seconds)]
@@ -203,6 +252,12 @@ class Supervisor:
             for index, child in enumerate(self.children):
                 if child is None or child.poll() is None or self.stopping:
                     continue
+                if child.returncode == CONFIG_EXIT:
+                    log.error(
+                        "worker stopped on a configuration error; stopping all",
+                        extra={"command": " ".join(self.commands[index][3:])},
+                    )
+                    return CONFIG_EXIT
                 if not self._may_restart(index):
                     log.error(
                         "worker keeps crashing; stopping all", extra={"code": child.returncode}
