@@ -562,10 +562,14 @@ PYTHON_IMPORTS = {
 COMMENT = re.compile(r"^\s*(?:#|//|/\*|\*|--)")
 
 
+# The code ecosystem each dependency ecosystem's packages are imported from; Actions, images,
+# Terraform and the rest are not imported by code, so no files are searched for them.
+CODE_ECOSYSTEMS = {"pip": "python", "npm": "npm", "go": "go", "cargo": "rust"}
+
+
 def ecosystem(manifest: str) -> str:
-    """Return the ecosystem a manifest belongs to."""
-    name = manifest.rsplit("/", 1)[-1]
-    return {"package.json": "npm", "go.mod": "go", "Cargo.toml": "rust"}.get(name, "python")
+    """Return the code ecosystem of a manifest or lock file ("" when code never imports it)."""
+    return CODE_ECOSYSTEMS.get(deps.ecosystem_of(manifest), "")
 
 
 def module_move(files: Iterable[FileChange], bump: Bump) -> tuple[str, str] | None:
@@ -762,7 +766,7 @@ def _code_paths(
     paths: Sequence[str], upgrades: Sequence[Upgrade], changed: frozenset[str]
 ) -> list[str]:
     """Return the code files worth searching, the PR's own first, vendored copies left out."""
-    suffixes = tuple(s for u in upgrades for s in ECOSYSTEMS[ecosystem(u.bump.path)])
+    suffixes = tuple(s for u in upgrades for s in ECOSYSTEMS.get(ecosystem(u.bump.path), ()))
     code = [
         p for p in paths if p.endswith(suffixes) and not VENDOR_DIRS.intersection(p.split("/")[:-1])
     ]
@@ -772,7 +776,8 @@ def _code_paths(
 def _search(upgrades: Sequence[Upgrade], paths: Sequence[str], source: Source) -> list[Upgrade]:
     """Read each code file once and record, per upgrade, its importers and use sites."""
     plans = [
-        (u, ECOSYSTEMS[ecosystem(u.bump.path)], import_pattern(u.bump, u.move)) for u in upgrades
+        (u, ECOSYSTEMS.get(ecosystem(u.bump.path), ()), import_pattern(u.bump, u.move))
+        for u in upgrades
     ]
     importers: list[list[str]] = [[] for _ in upgrades]
     uses: list[list[Use]] = [[] for _ in upgrades]
