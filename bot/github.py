@@ -333,7 +333,7 @@ class RetryPolicy:
             except _RAW_ERRORS as exc:
                 error = _translate(exc, now=self.clock(), attempt=attempt)
                 wait = self.wait_before_retry(error, attempt)
-                fields = {**context, **_failure_fields(error), "attempt": attempt}
+                fields = {**context, **_failure_fields(error), "call_attempt": attempt}
                 if wait is None:
                     log.log(_failure_level(error, expected), "github call failed", extra=fields)
                     raise error from exc

@@ -30,6 +30,8 @@ LEADING = ("timestamp", "level", "logger", "event", *STANDARD_FIELDS)
 # An extra= field with one of these names would overwrite the line's own; it is renamed.
 RESERVED = frozenset({"timestamp", "level", "logger", "event", "exception"})
 RECORD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# Libraries that log every HTTP request at INFO: only their warnings are news.
+CHATTY = ("httpx", "httpcore", "urllib3", "hpack")
 # Record attributes that repeat the message or only make sense to another formatter.
 DROPPED = frozenset({"color_message", "data", "taskName"})
 # Keys whose values are credentials; *_tokens (counts of model tokens) are not.
@@ -140,6 +142,8 @@ def configure(*, fmt: str = "logfmt", level: str = "info", stream: IO[str] | Non
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.captureWarnings(True)  # a warning is a structured line too, not loose text
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -277,6 +277,7 @@ def test_a_failed_github_call_is_logged_with_the_delivery_status_and_fix(ops: Op
         "dispatch",
     )
     assert (failed["operation"], failed["repo"], failed["attempt"]) == ("pull", REPO, 1)
+    assert failed["call_attempt"] == 1  # after the one re-mint the client allows itself
     (job,) = [line for line in mine if line["event"] == "job failed"]
     assert (job["level"], job["error_kind"]) == ("warning", "GitHubPermission")
     github = scrape(ops.ports["github"])
@@ -305,7 +306,7 @@ def test_a_prefork_sandbox_worker_adds_up_its_children_in_multiprocess_mode(
     env = {
         **ops.env,
         "CIBOT_WORKER_METRICS_PORT": str(port),
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "multiproc"),  # created by the worker
     }
     with (tmp_path / "sandbox.log").open("ab") as out:
         proc = subprocess.Popen(

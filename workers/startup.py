@@ -67,6 +67,7 @@ def install(app: Any, settings: Settings, policy: Policy) -> Boot:
     from celery import signals
 
     _boot = Boot(app=app, settings=settings, policy=policy)
+    _fresh_multiprocess_dir()
     hooks = (
         (signals.celeryd_init, _on_celeryd_init),
         (signals.worker_init, _on_worker_init),
@@ -79,6 +80,20 @@ def install(app: Any, settings: Settings, policy: Policy) -> Boot:
     for signal, receiver in hooks:
         signal.connect(receiver, weak=False, dispatch_uid=f"cibot.startup.{receiver.__name__}")
     return _boot
+
+
+def _fresh_multiprocess_dir() -> None:
+    """Create PROMETHEUS_MULTIPROC_DIR if needed and drop a previous run's series files.
+
+    Runs in the worker's main process before any child forks or any series is written.
+    """
+    directory = os.environ.get(metrics.MULTIPROC_ENV)
+    if not directory:
+        return
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+        if name.endswith(".db"):
+            os.remove(os.path.join(directory, name))
 
 
 def app_from_env() -> Any:
