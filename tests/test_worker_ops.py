@@ -393,3 +393,76 @@ def test_cibot_worker_refuses_a_metrics_port_another_process_holds(
     (line,) = done.stderr.strip().splitlines()
     assert f"cannot listen on 127.0.0.1:{busy}" in line
     assert "CIBOT_WORKER_METRICS_PORT" in line
+
+
+# ---- the startup pieces, in this process -------------------------------------------------------
+
+
+def test_the_metrics_server_answers_healthz_by_readiness_and_serves_the_series() -> None:
+    from workers import metrics
+
+    ready = {"now": False}
+    metrics.observe_job("publish", "summary", "local", "published", 0.2)
+    registry = metrics.scrape_registry()
+    server = metrics.MetricsServer("127.0.0.1", 0, registry, lambda: ready["now"]).start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 503
+        ready["now"] = True
+        assert httpx.get(f"{base}/healthz", timeout=5).text == "ok\n"
+        text = httpx.get(f"{base}/metrics", timeout=5).text
+        assert (
+            'cibot_jobs_total{outcome="published",step="publish",task="summary",tier="local"}'
+            in text
+        )
+    finally:
+        server.close()
+
+
+def test_queue_depth_reads_llen_and_says_minus_one_without_redis(redis_url: str) -> None:
+    from workers.metrics import QueueDepth
+
+    client = redis.Redis.from_url(redis_url)
+    client.lpush("local", b"a", b"b")
+    client.close()
+    for url, expected in (
+        (redis_url, {"local": 2.0, "github": 0.0}),
+        (f"redis://127.0.0.1:{free_port()}/0", {"local": -1.0, "github": -1.0}),
+    ):
+        depth = QueueDepth(url, ["local", "github"])
+        (family,) = depth.collect()
+        assert {s.labels["queue"]: s.value for s in family.samples} == expected
+        depth.close()
+
+
+def test_a_pool_off_plan_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    from policies.loading import load_policy
+    from workers.startup import Served, check_plan
+
+    policy = load_policy()
+    with caplog.at_level("WARNING", logger="cibot.worker"):
+        check_plan(Served(("local",), "threads", 64), policy)
+        assert caplog.records == []
+        check_plan(Served(("local",), "prefork", 4), policy)
+        check_plan(Served(("local", "github"), "threads", 8), policy)
+    off_plan, several = caplog.records
+    assert off_plan.getMessage() == "worker pool differs from the policy's plan"
+    assert (off_plan.__dict__["planned_pool"], off_plan.__dict__["planned_concurrency"]) == (
+        "threads",
+        64,
+    )
+    assert several.__dict__["queues"] == "local,github"
+
+
+def test_the_multiprocess_directory_is_made_and_emptied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers import startup
+
+    target = tmp_path / "multiproc"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(target))
+    startup._fresh_multiprocess_dir()
+    (target / "counter_123.db").write_bytes(b"stale")
+    (target / "keep.txt").write_text("not ours")
+    startup._fresh_multiprocess_dir()
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
