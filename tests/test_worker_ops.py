@@ -422,16 +422,17 @@ def test_the_metrics_server_answers_healthz_by_readiness_and_serves_the_series()
 def test_queue_depth_reads_llen_and_says_minus_one_without_redis(redis_url: str) -> None:
     from workers.metrics import QueueDepth
 
+    queues = ["depth-probe-a", "depth-probe-b"]  # lists no worker consumes
     client = redis.Redis.from_url(redis_url)
-    client.lpush("local", b"a", b"b")
+    client.lpush(queues[0], b"a", b"b")
     client.close()
-    for url, expected in (
-        (redis_url, {"local": 2.0, "github": 0.0}),
-        (f"redis://127.0.0.1:{free_port()}/0", {"local": -1.0, "github": -1.0}),
-    ):
-        depth = QueueDepth(url, ["local", "github"])
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    for url, expected in ((redis_url, [2.0, 0.0]), (dead, [-1.0, -1.0])):
+        depth = QueueDepth(url, queues)
         (family,) = depth.collect()
-        assert {s.labels["queue"]: s.value for s in family.samples} == expected
+        assert {s.labels["queue"]: s.value for s in family.samples} == dict(
+            zip(queues, expected, strict=True)
+        )
         depth.close()
 
 
