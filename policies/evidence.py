@@ -54,6 +54,7 @@ class Hunk:
     source_start: int
     target_start: int
     lines: tuple[tuple[str, str], ...]
+    section: str = ""  # git's enclosing-scope line after the second @@ (a def, a class)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +171,8 @@ def _file_change(patched: object) -> FileChange:
                 lines.append(("-", text))
             elif line.is_context:
                 lines.append((" ", text))
-        body.append(Hunk(hunk.source_start, hunk.target_start, tuple(lines)))
+        section = (hunk.section_header or "").strip()
+        body.append(Hunk(hunk.source_start, hunk.target_start, tuple(lines), section))
     return FileChange(
         path=path,
         old_path=source if status == "renamed" else None,

@@ -12,6 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
+
+import ahocorasick
 
 from policies import anatomy, deps
 from policies.anatomy import FileView
@@ -20,9 +23,13 @@ from policies.evidence import Evidence
 from policies.model import Policy
 
 MAX_LINE = 80
+# Changed lines of code, config and deploy files read in detail per diff.
+SCAN_BUDGET_LINES = 8_000
 # Import lines name a module; the lines that use it carry the behaviour.
 IMPORT = re.compile(r"\s*(import\s|from\s+\S+\s+import\s|#include\s|using\s+[\w.]+;|"
-                    r"require\s*\(?['\"]|use\s+[\w:]+;|const\s+\w+\s*=\s*require\()")
+                    r"require\s*\(?['\"]|use\s+[\w:]+;|const\s+\w+\s*=\s*require\(|"
+                    # a Go import spec inside `import ( ... )`: an optional alias and a path
+                    r"([\w.]+\s+)?\"[\w.-]+(/[\w.@-]+)+\"\s*$)")
 
 
 @dataclass(frozen=True)
@@ -36,11 +43,31 @@ class Detector:
     check: Callable[[str], bool] | None = None  # a further test on the line's code
     strings: bool = False  # also look inside string literals (header names, claim keys)
     files: re.Pattern[str] | None = None  # only in files whose path this matches
+    snake: bool = True  # match on code with camelCase split (False for YAML keys and kinds)
+    # Lowercase literals one of which every match contains (in the line, lowercased): the
+    # whole diff is scanned for these at once, and only lines holding one are matched.
+    anchors: tuple[str, ...] = ()
 
 
 def _rx(pattern: str, flags: int = re.IGNORECASE) -> re.Pattern[str]:
-    """Compile one detector pattern."""
+    """Compile one pattern."""
     return re.compile(pattern, flags)
+
+
+# A word boundary where "_" separates words too, so `\bpassword\b` finds `reset_password`;
+# detectors run on code whose camelCase is split the same way (`resetPassword`).
+ALNUM_BOUNDARY = r"(?:(?<![A-Za-z0-9])(?=[A-Za-z0-9])|(?<=[A-Za-z0-9])(?![A-Za-z0-9]))"
+CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def _words(pattern: str) -> re.Pattern[str]:
+    """Compile a detector pattern whose word boundaries also fall at `_` (case-insensitive)."""
+    return re.compile(pattern.replace(r"\b", ALNUM_BOUNDARY), re.IGNORECASE)
+
+
+def snake(text: str) -> str:
+    """Split camelCase words with `_`, so one set of patterns reads every naming style."""
+    return CAMEL.sub("_", text)
 
 
 # Logging, metrics and tracing calls: telemetry inside a payment or auth module changes no
@@ -48,11 +75,16 @@ def _rx(pattern: str, flags: int = re.IGNORECASE) -> re.Pattern[str]:
 TELEMETRY = _rx(
     r"\b(log|logger|logging|_log|LOG|console|span|tracer|trace|metrics?|statsd|prometheus|"
     r"counter|histogram|gauge|meter|sentry_sdk|telemetry)\.\w+\(|\.labels\(|set_attribute|"
-    r"add_event|\b(Counter|Histogram|Gauge|Summary)\(|record_metric|emit_metric|_total['\"]"
+    r"add_event|\b(Counter|Histogram|Gauge|Summary)\(|record_metric|emit_metric|_total['\"]|"
+    r"\.(inc|dec|observe|log_kv|set_tag|set_tags|add_tag|increment|timing)\(|"
+    r"\b\w*(metrics?|span|tracer|tracing|instana)\w*\s*[\[=.]"
 )
 # UI text and translations: "payment" as a label is not the payment flow.
 UI_TEXT = _rx(r"\b(gettext|ugettext|_lazy|i18n|t|_)\(\s*['\"]|\b(label|title|placeholder|"
               r"help_text|verbose_name|description|tooltip|aria-label)\s*[=:]")
+# "payment" in a UI string, or naming a page, policy or template about payments.
+PAGE_NAMES = _rx(UI_TEXT.pattern + r"|(refund|payment|invoice|checkout|billing)\w*_(policy|url|"
+                 r"page|link|text|label|template|email|path|view|form|help|title)s?\b")
 ARITHMETIC = re.compile(
     r"(?<![-+*/=<>!%&|^])(\+|-|\*|/|%)=?(?![-+>=*/])|\bsum\(|\bround\(|\bquantize\b|"
     r"\bDecimal\(|\bMoney\(|\bBigDecimal\b|\.(add|subtract|multiply|divide|negate)\(|"
@@ -76,6 +108,9 @@ MONEY_HINT = _rx(r"amount|price|balance|subtotal|tax|vat|discount|fee|refund|deb
                  r"money|cent|payable|surcharge|paid|payment|payout|invoice|wallet|withdraw")
 
 
+SECRET_WORDS = _rx(r"password|passwd|secret|token|api_?key|salt|\bpin\b|signature|credential|otp")
+MARKUP = re.compile(r"\.(html?|xhtml|jinja2?|hbs|handlebars|mustache|erb|twig|liquid|njk|ejs"
+                    r"|svg|css|scss|sass|less)$")
 YAML_FILES = re.compile(r"\.(ya?ml|json|tpl|j2)$")
 
 
@@ -109,130 +144,147 @@ def _without_strings(code: str) -> str:
 
 DETECTORS: tuple[Detector, ...] = (
     # auth
-    Detector("auth", "permission check", _rx(
+    Detector("auth", "permission check", _words(
         r"\b(has_?perms?|has_?permissions?|has_object_permission|check_?(object_)?permissions?|"
-        r"permission_classes|permission_required|permission_?denied|\w*permission(s)?_?(check|"
-        r"required|mixin|policy|class(es)?)\w*|get_permissions|user_passes_test|"
-        r"login_?required\w*|is_authenticated|isauthenticated|is_anonymous|is_superuser|"
-        r"is_staff|is_?admin|requires?_(auth|login|role|permission|scope)\w*|has_?roles?|"
-        r"has_?any_?role|has_?authority|preauthorize|rolesallowed|secured|isgranted|"
-        r"authoriz\w+|unauthori[sz]ed|forbidden|access_?denied|can_(view|edit|delete|change|"
-        r"manage|access|read|write|update|create|publish|moderate|admin|see|submit|approve)\w*|"
-        r"user_can|current_user_can|allowed_(to|for|users|roles)\w*|acl|rbac|abac|"
-        r"scopes?_required|require_scopes?|owner_only|only_owner|check_access|"
-        r"ensure_access|permitted)\b"),
-        guard=_rx(r"\bos\.chmod|\bchmod\b|file_?mode|0o[0-7]{3}|st_mode")),
-    Detector("auth", "credential handling", _rx(
-        r"\b(netrc|get_netrc_auth|credentials?|passwd|password\w*|passphrase|api_?key\w*|"
-        r"apikey|client_?secret|auth_?header\w*|basic_?auth\w*|httpbasicauth|httpdigestauth|"
-        r"digest_?auth|proxy_?auth\w*|keychain|keyring|x-api-key|www-authenticate|"
-        r"authorization_?header|secret_?token|access_?key(_id)?|secret_?access_?key)\b|"
+        r"permission_?(classes|required|denied|check\w*|mixin|policy|policies|class|scope)|"
+        r"get_permissions|user_passes_test|login_?required|is_authenticated|is_anonymous|"
+        r"is_superuser|is_staff|is_?admin|requires?_(auth|login|role|permission|scope)\w*|"
+        r"has_?(any_)?roles?|has_?authority|pre_?authorize|roles_?allowed|secured|is_?granted|"
+        r"authoriz\w*|unauthori[sz]ed|forbidden|access_?denied|explorable_\w+|"
+        r"can_(view|edit|delete|change|manage|access|read|write|update|create|publish|moderate|"
+        r"admin|see|submit|approve)\w*|user_can|current_user_can|allowed_(to|for|users|roles)|"
+        r"acl|rbac|abac|scopes?_required|require_scopes?|owner_only|check_access|ensure_access|"
+        r"permitted|permissions?)\b"),
+        guard=_rx(r"\bos\.chmod|\bchmod\b|file_?mode|0o[0-7]{3}|st_mode"),
+        anchors=("perm", "passes_test", "login", "authent", "anonymous", "superuser", "staff", "admin", "require", "role", "authorit", "authoriz", "unauthori", "secured", "granted", "forbidden", "denied", "explorable", "can", "acl", "rbac", "abac", "scope", "owner", "access", "allowed",)),
+    Detector("auth", "credential handling", _words(
+        r"\b(net_?rc\w*|credentials?|passwd|passwords?|passphrase|api_?keys?|client_?secret|"
+        r"auth_?header\w*|http_?basic_?auth|http_?digest_?auth|basic_?auth|digest_?auth|"
+        r"proxy_?auth\w*|keychain|keyring|x-api-key|www-authenticate|authorization_?header|"
+        r"secret_?token|access_?key(_id)?|secret_?access_?key|userinfo|user_?pass)\b|"
         r"['\"](proxy-)?authorization['\"]"),
-        strings=True),
-    Detector("auth", "token handling", _rx(
-        r"\b(access|refresh|id|bearer|auth|csrf|xsrf|session|api|personal_access|oauth|"
-        r"service_account|installation|jwt)[_-]?tokens?\b|\bbearer\b|(?<![a-z0-9])jw[tsek]s?"
-        r"(?![a-z])|\bjsonwebtoken\b|\bjose\b|\b(verify|validate|decode|revoke|rotate|"
-        r"refresh|issue|sign)_?tokens?\b|\btokens?_(verify|valid\w*|decode|expir\w*|revoke\w*|"
-        r"ttl|lifetime|secret)\b"),
-        strings=True),
-    Detector("auth", "claim validation", _rx(
+        strings=True,
+        anchors=("netrc", "net_rc", "credential", "passwd", "password", "passphrase", "api", "secret", "auth", "keychain", "keyring", "access", "userinfo", "user",)),
+    Detector("auth", "token handling", _words(
+        r"\b(access|refresh|id|bearer|auth|csrf|xsrf|session|api|personal_access|oauth|reset|"
+        r"service_account|installation|jwt|verification|confirmation)[_-]?tokens?\b|"
+        r"\bbearer\b|\bjw[tsek]s?\b|\bjson_?web_?token\b|\bjose\b|\b(verify|validate|decode|"
+        r"revoke|rotate|issue|sign)_?tokens?\b|\btokens?_(verify|valid\w*|decode|expir\w*|"
+        r"revoke\w*|ttl|lifetime|secret)\b"),
+        strings=True,
+        anchors=("token", "bearer", "jw", "json", "jose",)),
+    Detector("auth", "claim validation", _words(
         r"""['"](exp|nbf|iat|iss|aud|azp|jti|sub)['"]|\b(leeway|verify_(exp|nbf|iat|iss|aud|"""
         r"""jti|sub|at_hash)|require_(exp|iat|nbf)|audiences?|issuers?|claims?|"""
         r"""expires_at|not_before|clock_skew)\b"""),
-        strings=True),
-    Detector("auth", "session cookie", _rx(
+        strings=True,
+        anchors=("exp", "nbf", "iat", "iss", "aud", "azp", "jti", "sub", "leeway", "verify_", "require_", "claim", "before", "clock",)),
+    Detector("auth", "session cookie", _words(
         r"\b(set_cookie|delete_cookie|set_signed_cookie|session_?cookie\w*|session_?id|"
-        r"sessionid|http_?only|samesite|same_site|secure_?cookie\w*|cookie_?(secure|httponly|"
-        r"samesite|domain|path|age)|csrf\w*|xsrf\w*|request\.session|session_(key|store|"
-        r"engine|serializer|backend|interface)|session\[)")),
-    Detector("auth", "login flow", _rx(
-        r"\b(login|logout|log_in|log_out|sign_?in|sign_?out|signin|signout|authenticat\w+|"
-        r"reauthenticat\w+|impersonat\w+|mfa|totp|hotp|otp|two_?factor|2fa|webauthn|passkeys?|"
-        r"magic_?link|remember_me|lockout|brute_?force)\b")),
-    Detector("auth", "OAuth or OIDC flow", _rx(
-        r"\b(oauth2?\w*|oidc\w*|openid\w*|redirect_uris?|allowed_redirect\w*|code_verifier|"
+        r"http_?only|same_?site|secure_?cookie\w*|cookie_?(secure|http_?only|same_?site|domain|"
+        r"path|age)|csrf\w*|xsrf\w*|request\.session|session_(key|store|engine|serializer|"
+        r"backend|interface)|session\[)"),
+        anchors=("cookie", "session", "csrf", "xsrf", "http", "same", "secure",)),
+    Detector("auth", "login flow", _words(
+        r"\b(login|logout|log_in|log_out|sign_?in|sign_?out|authenticat\w*|re_?authenticat\w*|"
+        r"impersonat\w*|mfa|totp|hotp|otp|two_?factor|2fa|web_?authn|pass_?keys?|magic_?link|"
+        r"remember_me|lockout|brute_?force|connection_init|connection_ack)\b"),
+        anchors=("log", "sign", "authenticat", "impersonat", "mfa", "totp", "hotp", "otp", "factor", "2fa", "authn", "pass", "magic", "remember", "lockout", "brute", "connection",)),
+    Detector("auth", "OAuth, OIDC or redirect validation", _words(
+        r"\b(oauth2?|oidc|open_?id|redirect_uris?|allowed_redirect\w*|code_verifier|"
         r"code_challenge\w*|pkce|authorization_(endpoint|code|url|server)|token_endpoint|"
-        r"userinfo\w*|jwks_uri|id_token\w*|nonce|client_?id|grant_?type|response_type|"
-        r"introspect\w*|saml\w*|sso)\b")),
-    Detector("auth", "password hashing", _rx(
+        r"jwks_uri|id_token\w*|nonce|client_?id|grant_?type|response_type|introspect\w*|"
+        r"saml\w*|sso|sanitize_redirect|safe_redirect\w*|is_safe_url|allowed_hosts|"
+        r"url_has_allowed_host\w*|validate_redirect\w*|redirect_(is_)?(allowed|valid|safe)\w*|"
+        r"open_redirect\w*|is_\w*redirect\w*|same_origin\w*|is_same_origin|strip_auth\w*|"
+        r"rebuild_auth|should_strip_auth)\b"),
+        anchors=("oauth", "oidc", "open", "redirect", "verifier", "challenge", "pkce", "authoriz", "token", "jwks", "nonce", "client", "grant", "response", "introspect", "saml", "sso", "safe", "allowed", "origin", "strip", "rebuild",)),
+    Detector("auth", "password hashing", _words(
         r"\b(bcrypt|argon2\w*|scrypt|pbkdf2(_hmac)?|hashpw|check_password|make_password|"
-        r"set_password|verify_password|password_hash\w*|hash_password|password_hasher\w*)\b")),
+        r"set_password|verify_password|password_hash\w*|hash_password|password_hasher\w*)\b"),
+        anchors=("bcrypt", "argon", "scrypt", "pbkdf", "hashpw", "password", "hasher",)),
     # crypto
-    Detector("crypto", "TLS verification", _rx(
+    Detector("crypto", "TLS verification", _words(
         r"\bverify\s*[:=](?!=)|\bself\.verify\b|['\"]verify['\"]|\b(verify_?(ssl|tls|certs?|"
         r"mode|hostname|peer)|ssl_?verify\w*|tls_?verify\w*|insecure\w*|skip_?verify|"
-        r"insecureskipverify|cert_?reqs|cert_none|cert_optional|cert_required|check_?hostname|"
-        r"assert_?hostname|assert_?fingerprint|server_?hostname|ca_?certs?|ca_?bundle|"
-        r"ca_?file|ca_?path|ca_?data|cafile|capath|certifi|ssl_?context|sslcontext|"
-        r"create_default_context|create_urllib3_context|load_verify_locations|load_cert_chain|"
-        r"cert_?file|key_?file|certfile|keyfile|client_?cert\w*|rejectunauthorized|"
-        r"node_tls_reject_unauthorized|x509\w*|sslmode|tls_?config|tlsconfig|min_?version|"
-        r"tlsv1\w*|ssl_version|protocol_tls\w*|pinned_?cert\w*|cert_?pin\w*|"
-        r"hostname_?verifier|trust_?manager\w*|trust_?store|truststore)\b|\bssl\.\w+|"
-        r"\btls\.\w+"),
-        strings=True),
-    Detector("crypto", "signature or constant-time check", _rx(
-        r"\b(hmac\w*|compare_digest|constant_?time\w*|timing_?safe\w*|timingsafeequal|"
-        r"secure_?compare|safe_str_cmp|signatures?|signers?|signing\w*|sign_\w+|\w+_sign|"
-        r"verify_?signature\w*|signed_?(cookie|url|payload|data|request)\w*|itsdangerous|"
-        r"webhook_?secret|unsign\w*|sig_?header|x-hub-signature\S*)\b|\.sign\(|\.verify\("),
+        r"cert_?reqs|cert_none|cert_optional|cert_required|check_?hostname|assert_?hostname|"
+        r"assert_?fingerprint|server_?hostname|ca_?certs?\w*|ca_?bundle|ca_?file|ca_?path|"
+        r"ca_?data|certifi|ssl_\w+|\w+_ssl|tls_\w+|\w+_tls|ssl|tls|create_default_context|"
+        r"create_urllib3_context|load_verify_locations|load_cert_chain|cert_?file|key_?file|"
+        r"client_?cert\w*|reject_?unauthorized|x509\w*|sslmode|min_?version|tlsv1\w*|"
+        r"protocol_tls\w*|pinned_?cert\w*|cert_?pin\w*|hostname_?verifier|trust_?manager\w*|"
+        r"trust_?store)\b"),
+        strings=True,
+        anchors=("verify", "ssl", "tls", "insecure", "cert", "hostname", "fingerprint", "ca_", "cafile", "capath", "cadata", "cabundle", "context", "keyfile", "key_file", "reject", "x509", "min_version", "minversion", "pinned", "trust",)),
+    Detector("crypto", "signature or constant-time check", _words(
+        r"\b(hmac\w*|compare_digest|constant_?time\w*|timing_?safe\w*|secure_?compare|"
+        r"safe_str_cmp|signatures?|signers?|signing\w*|sign_\w+|\w+_sign|verify_?signature\w*|"
+        r"signed_?(cookie|url|payload|data|request|value)\w*|itsdangerous|webhook_?secret|"
+        r"un_?sign\w*|sig_?header|x-hub-signature\S*|verification_hash\w*)\b|\.sign\(|"
+        r"\.verify\("),
         guard=_rx(r"\binspect\.signature|__signature__|\bSignature\(|\.parameters\b|"
                   r"\bsignature_?(help|info|text|string)|type_?signature|method_?signature|"
-                  r"func\w*_signature|call_?signature")),
-    Detector("crypto", "key handling", _rx(
+                  r"func\w*_signature|call_?signature"),
+        anchors=("hmac", "compare", "constant", "timing", "cmp", "sig", "itsdangerous", "webhook", "verification", "verify",)),
+    Detector("crypto", "key handling", _words(
         r"\b(private_?keys?|public_?keys?|secret_?key\w*|signing_?keys?|encryption_?keys?|"
-        r"master_?keys?|key_?pairs?|keypair|generate_?(private_)?key\w*|keygen|key_?rotation|"
+        r"master_?keys?|key_?pairs?|generate_?(private_)?key\w*|keygen|key_?rotation|"
         r"rotate_?keys?|kms\w*|jwks?|pem\w*|pkcs\d*\w*|pkey|load_pem\w*|load_der\w*|"
-        r"serialization\.|key_?derivation|kdf|hkdf|salt\w*|iv|nonce_?size|key_?size)\b|"
-        r"-----BEGIN [A-Z ]*(PRIVATE KEY|CERTIFICATE)-----")),
-    Detector("crypto", "cryptographic primitive", re.compile(
-        r"\b(AES|RSA|ECDSA|ECDH|DSA|Ed25519|Ed448|X25519|ChaCha20|Poly1305|Fernet|HMAC|PKCS\d*|"
-        r"GCM|CBC|CTR|OAEP|PSS|SecureRandom|getrandomvalues|randomBytes|urandom)\b|"
+        r"serialization\.|key_?derivation|kdf|hkdf|salt\w*|nonce_?size|key_?size)\b|"
+        r"-----BEGIN [A-Z ]*(PRIVATE KEY|CERTIFICATE)-----"),
+        anchors=("private", "public", "secret", "sig", "encryption", "master", "pair", "generate", "keygen", "rotation", "rotate", "kms", "jwk", "pem", "pkcs", "pkey", "load_der", "serialization", "derivation", "kdf", "salt", "nonce", "key_size", "keysize", "-----begin",)),
+    Detector("crypto", "cryptographic primitive or secure randomness", _words(
+        r"\b(AES|RSA|ECDSA|ECDH|DSA|Ed25519|Ed448|X25519|ChaCha20|Poly1305|Fernet|PKCS\d*|"
+        r"GCM|CBC|OAEP|secure_?random|get_?random_?values|random_?bytes|urandom|"
+        r"system_?random|secrets\.\w+)\b|"
         r"\b(\w*(encrypt|decrypt)\w*\s*\(|\.(en|de)crypt\w*|cipher\w*|cryptography|hazmat|"
-        r"nacl|libsodium|sodium|"
-        r"openssl|crypto\.subtle|createcipheriv|createdecipheriv|createhmac|createsign|"
-        r"createverify|javax\.crypto|bouncycastle|secrets\.token_\w+|secrets\.compare_digest|"
-        r"os\.urandom|crypto/rand|crypto/tls|crypto/x509|crypto/hmac|x/crypto)\b",
-        re.IGNORECASE)),
-    Detector("crypto", "hash used for a secret", _rx(
+        r"nacl|libsodium|sodium|openssl|crypto\.subtle|create_?cipheriv|create_?decipheriv|"
+        r"create_?hmac|create_?sign|create_?verify|javax\.crypto|bouncy_?castle|"
+        r"crypto/rand|crypto/tls|crypto/x509|crypto/hmac|x/crypto)\b"),
+        anchors=("aes", "rsa", "ecdsa", "ecdh", "dsa", "ed25519", "ed448", "x25519", "chacha", "poly1305", "fernet", "pkcs", "gcm", "cbc", "oaep", "random", "secrets.", "crypt", "cipher", "hazmat", "nacl", "sodium", "openssl", "hmac", "sign", "verify", "bouncy",)),
+    Detector("crypto", "hash used for a secret", _words(
         r"\b(sha\d+|md5|blake2\w*|sha3_\w+|hashlib\.\w+|digest)\b"),
-        check=lambda code: bool(_rx(r"password|passwd|secret|token|api_?key|salt|\bpin\b|"
-                                    r"signature|credential|otp").search(code))),
+        check=lambda code: bool(SECRET_WORDS.search(code)),
+        anchors=("sha", "md5", "blake", "hashlib", "digest",)),
     # payments
-    Detector("payments", "payment gateway", _rx(
+    Detector("payments", "payment gateway", _words(
         r"\b(stripe\w*|braintree|adyen|paypal\w*|razorpay|klarna|mollie|authorize_?net|"
         r"worldpay|paddle|chargebee|recurly|plaid|checkout_?com|square_?up|gocardless|"
-        r"payment_?(gateway|provider|processor|intent|method|source)\w*)\b")),
-    Detector("payments", "money movement", _rx(
+        r"payment_?(gateway|provider|processor|intent|method|source)\w*)\b"),
+        anchors=("stripe", "braintree", "adyen", "paypal", "razorpay", "klarna", "mollie", "authorize", "worldpay", "paddle", "chargebee", "recurly", "plaid", "checkout", "square", "gocardless", "payment",)),
+    Detector("payments", "money movement", _words(
         r"\b(refunds?|refunded|refunding|refund_(amount|payment|order|line|total|charge|"
-        r"request|item|reason)s?|charges?\.|"
-        r"create_charge|capture_payment|\.capture\(|captured_amount|payouts?\w*|invoices?\w*|"
-        r"store_?credit\w*|gift_?cards?|vouchers?|bank_?transfer\w*|iban|sepa|wire_?transfer|"
-        r"chargebacks?|settlements?|settle_\w+|payments?\w*|pay_\w+|\w+_paid|is_paid|"
-        r"amount_(due|paid|captured|refunded|authorized|charged)|balance_?(due|after|before)|"
-        r"ledger_?entr\w*|debit\w*|withdraw\w*)\b"),
-        guard=UI_TEXT),
-    Detector("payments", "amount arithmetic", MONEY_HINT, guard=UI_TEXT, check=_money_arithmetic),
-    Detector("payments", "card data", _rx(
-        r"\b(card_?number\w*|cardnumber|card_?num|cvv2?|cvc2?|luhn\w*|exp_?month|exp_?year|"
-        r"card_?expir\w*|credit_?cards?|cc_?(number|num|exp)\w*|cardholder\w*|track_?data|"
-        r"primary_account_number|card_?brand|bin_?range|mask_?card\w*|last4)\b")),
+        r"request|item|reason)s?|charges?\.|create_charge|capture_payment|\.capture\(|"
+        r"captured_amount|payouts?\w*|invoices?|store_?credit\w*|gift_?cards?|vouchers?|"
+        r"bank_?transfer\w*|iban|sepa|wire_?transfer|chargebacks?|settlements?|payments?|"
+        r"pay|paid|amount_(due|paid|captured|refunded|authorized|charged)|"
+        r"balance_?(due|after|before)|ledger_?entr\w*|debit\w*|withdraw\w*)\b"),
+        guard=PAGE_NAMES,
+        anchors=("refund", "charge", "capture", "payout", "invoice", "credit", "gift", "voucher", "transfer", "iban", "sepa", "settle", "pay", "paid", "amount", "balance", "ledger", "debit", "withdraw",)),
+    Detector("payments", "amount arithmetic", MONEY_HINT, guard=UI_TEXT, check=_money_arithmetic,
+        anchors=("amount", "price", "balance", "subtotal", "tax", "vat", "discount", "fee", "refund", "debit", "currency", "money", "cent", "payable", "surcharge", "paid", "payment", "payout", "invoice", "wallet", "withdraw",)),
+    Detector("payments", "card data", _words(
+        r"\b(card_?number\w*|card_?num|bank_?card\w*|cvv2?|cvc2?|luhn\w*|exp_?month|exp_?year|"
+        r"card_?expir\w*|credit_?cards?|cc_?(number|num|exp)\w*|card_?holder\w*|track_?data|"
+        r"primary_account_number|card_?brand|bin_?range|mask_?card\w*|last4)\b"),
+        anchors=("card", "cvv", "cvc", "luhn", "exp", "cc", "primary_account", "bin", "last4",)),
     # infra
     Detector("infra", "Kubernetes workload", _rx(
         r"^\s*kind:\s*(Deployment|StatefulSet|DaemonSet|Job|CronJob|Pod|ReplicaSet|Ingress|"
         r"Service|ServiceAccount|Role|ClusterRole|RoleBinding|ClusterRoleBinding|NetworkPolicy|"
         r"Secret|ConfigMap|PodSecurityPolicy|HorizontalPodAutoscaler|Gateway|HTTPRoute|"
-        r"VirtualService)\b|^\s*(securityContext|runAsUser|runAsNonRoot|privileged|hostNetwork|"
-        r"hostPID|serviceAccountName|automountServiceAccountToken|capabilities|"
-        r"allowPrivilegeEscalation|secretKeyRef|imagePullSecrets)\s*:", re.MULTILINE),
-        files=YAML_FILES),
+        r"VirtualService|PodDisruptionBudget)\b|^\s*(securityContext|runAsUser|runAsNonRoot|"
+        r"privileged|hostNetwork|hostPID|serviceAccountName|automountServiceAccountToken|"
+        r"capabilities|allowPrivilegeEscalation|secretKeyRef|imagePullSecrets)\s*:",
+        re.MULTILINE), files=YAML_FILES, snake=False,
+        anchors=("kind:", "securitycontext", "runasuser", "runasnonroot", "privileged", "hostnetwork", "hostpid", "serviceaccountname", "automountserviceaccounttoken", "capabilities", "allowprivilegeescalation", "secretkeyref", "imagepullsecrets",)),
     Detector("infra", "IAM or cloud identity", _rx(
         r"""['"](Action|Effect|Principal|NotAction|NotPrincipal)['"]\s*:|\b(iam|sts):"""
         r"""[A-Za-z*]+|\bresource\s+['"](aws|google|azurerm|kubernetes|helm)_\w*iam\w*|"""
         r"""\bworkload_?identity\w*|\bid-token:\s*write|\baws-actions/configure-aws-"""
         r"""credentials|\bgoogle-github-actions/auth"""),
-        strings=True),
+        strings=True, snake=False,
+        anchors=("action", "effect", "principal", "iam", "sts:", "workload", "id-token", "configure-aws", "google-github-actions",)),
 )
 
 # How a deploy file is recognised, for the reason's text.
@@ -273,7 +325,7 @@ class RuleSet:
     detectors: tuple[Detector, ...]
     scoped: tuple[tuple[Detector, GlobSet], ...]
     paths: tuple[tuple[str, GlobSet], ...]
-    quick: dict[str, re.Pattern[str]]
+    anchors: Any  # an Aho-Corasick automaton of every anchor: anchor -> its detectors
 
 
 _RULES: dict[int, tuple[Policy, RuleSet]] = {}
@@ -291,34 +343,18 @@ def rules(policy: Policy) -> RuleSet:
             detector = Detector(category, "policy rule", re.compile(rule.pattern))
             (scoped.append((detector, GlobSet(rule.paths))) if rule.paths else own.append(detector))
     detectors = DETECTORS + tuple(own)
-    quick = {
-        category: re.compile("|".join(f"(?:{_inline(d.pattern)})" for d in group))
-        for category in ("auth", "crypto", "payments", "infra")
-        if (group := [d for d in detectors if d.category == category])
-    }
+    automaton = ahocorasick.Automaton()
+    for word in {w for d in detectors for w in d.anchors}:
+        automaton.add_word(word, tuple(i for i, d in enumerate(detectors) if word in d.anchors))
+    automaton.make_automaton()
     paths = tuple(
         (matcher.category, matcher.paths) for matcher in compiled(policy).categories
     )
-    result = RuleSet(detectors, tuple(scoped), paths, quick)
+    result = RuleSet(detectors, tuple(scoped), paths, automaton)
     if len(_RULES) > 16:
         _RULES.clear()
     _RULES[id(policy)] = (policy, result)
     return result
-
-
-def _inline(pattern: re.Pattern[str]) -> str:
-    """Return a pattern's source with its flags made inline, so patterns can be joined."""
-    flags = ""
-    if pattern.flags & re.IGNORECASE:
-        flags += "i"
-    if pattern.flags & re.MULTILINE:
-        flags += "m"
-    source = pattern.pattern
-    lead = re.match(r"^\(\?([aiLmsux]+)\)", source)
-    if lead:
-        flags += lead.group(1)
-        source = source[lead.end():]
-    return f"(?{''.join(sorted(set(flags)))}:{source})" if flags else source
 
 
 def sensitive(evidence: Evidence, policy: Policy) -> Iterator[Reason]:
@@ -327,43 +363,68 @@ def sensitive(evidence: Evidence, policy: Policy) -> Iterator[Reason]:
     for change in evidence.files:
         if change.binary and anatomy.role_of(change.path) not in anatomy.QUIET_ROLES:
             yield from _paths(anatomy.FileView(change, "source"), ruleset)
-    for view in anatomy.views(evidence.files):
+    unread, files = 0, 0
+    for view in anatomy.views(evidence.files, SCAN_BUDGET_LINES):
         if view.role in anatomy.QUIET_ROLES or view.role == "lock":
             continue
         if deps.is_manifest(view.change.path) and view.role != "deploy":
             continue  # a manifest is judged by the packages it bumps, below
-        yield from _scan(view, ruleset)
+        if view.unread:
+            unread, files = unread + view.change.changed_lines, files + 1
+            continue
+        fired: set[str] = set()
+        for name, reason in _scan(view, ruleset):
+            fired.add(name)
+            yield reason
+        yield from _scopes(view, ruleset, fired)
         yield from _deploy(view)
         yield from _paths(view, ruleset)
+    if unread:
+        # Past the budget a diff is far over every tier's window anyway; reading on would
+        # cost seconds, and skipping quietly could miss a sensitive change.
+        yield Reason(
+            "sensitive_content",
+            f"{unread} changed lines in {files} more files were not read for sensitive code "
+            f"(past the first {SCAN_BUDGET_LINES:,}): routed as sensitive to be safe",
+        )
     yield from _bumps(evidence, policy)
 
 
-def _scan(view: FileView, ruleset: RuleSet) -> Iterator[Reason]:
-    """Yield the first confirmed hit of each detector in one file."""
-    # Use sites before imports: the line that calls hmac says more than `import hmac`.
-    lines = sorted(view.changed(), key=lambda line: bool(IMPORT.match(line[2])))
+def _scan(view: FileView, ruleset: RuleSet) -> Iterator[tuple[str, Reason]]:
+    """Yield (detector name, reason) for the first confirmed hit of each detector in a file.
+
+    One Aho-Corasick pass finds every detector anchor in the file's changed lines; only the lines that
+    hold one are matched, and only against the detectors their anchors stand for.
+    """
+    # Imports name a module; the lines that use it carry the behaviour.
+    lines = [line for line in view.changed() if not IMPORT.match(line[2])]
     if not lines:
         return
-    body = "\n".join(text for _, _, text in lines)
-    scoped = [d for d, globs in ruleset.scoped if globs.match(view.change.path)]
-    for category, quick in ruleset.quick.items():
-        pending = [d for d in ruleset.detectors if d.category == category]
-        extra = [d for d in scoped if d.category == category]
-        if not quick.search(body):
-            pending = [d for d in extra if d.pattern.search(body)]
-            if not pending:
-                continue
-            quick = re.compile("|".join(f"(?:{_inline(d.pattern)})" for d in pending))
-        else:
-            pending += extra
-        for sign, number, text in lines:
-            if not pending:
-                break
-            if not quick.search(text):
-                continue
-            for detector, reason in _confirm(view, pending, sign, number, text):
-                pending.remove(detector)
-                yield reason
+    candidates: dict[int, set[int]] = {}
+    found = ruleset.anchors.iter
+    for row, (_, _, text) in enumerate(lines):
+        hits = {i for _, indexes in found(text.lower()) for i in indexes}
+        if hits:
+            candidates[row] = hits
+    detectors = list(ruleset.detectors)
+    for detector in [d for d in detectors if not d.anchors] + _unanchored(view, ruleset):
+        if detector not in detectors:
+            detectors.append(detector)
+        for row, (_, _, text) in enumerate(lines):
+            if detector.pattern.search(text):
+                candidates.setdefault(row, set()).add(detectors.index(detector))
+    fired: set[int] = set()
+    for row in sorted(candidates):
+        pending = [detectors[i] for i in sorted(candidates[row] - fired)]
+        sign, number, text = lines[row]
+        for detector, reason in _confirm(view, pending, sign, number, text):
+            fired.add(detectors.index(detector))
+            yield detector.name, reason
+
+
+def _unanchored(view: FileView, ruleset: RuleSet) -> list[Detector]:
+    """Return the policy's own rules that apply to this file (they carry no anchors)."""
+    return [d for d, globs in ruleset.scoped if globs.match(view.change.path)]
 
 
 def _confirm(
@@ -373,23 +434,63 @@ def _confirm(
     hits: list[tuple[Detector, Reason]] = []
     lexed = None
     for detector in pending:
-        if detector.pattern.search(text) is None:
+        raw = detector.pattern.search(text)
+        if raw is None and (not detector.snake or detector.pattern.search(snake(text)) is None):
             continue
         if detector.files is not None and not detector.files.search(view.change.path):
             continue
-        lexed = lexed or view.line(sign, number, text)
-        if lexed.kind != "code":
+        lexed = lexed or view.line(sign, number, text, raw.end() if raw else None)
+        if lexed.kind != "code" or IMPORT.match(lexed.code):
             return hits
         # Values are the point of config files; in source, words inside strings are prose.
         whole = detector.strings or view.role in ("config", "deploy")
         code = lexed.code if whole else lexed.bare
-        match = detector.pattern.search(code)
+        match = detector.pattern.search(snake(code) if detector.snake else code)
         if match is None or not _holds(detector, lexed.code):
             continue
         reason = _reason(view, sign, number, text, detector.name, match.group(0),
                          detector.category)
         hits.append((detector, reason))
     return hits
+
+
+def _scopes(view: FileView, ruleset: RuleSet, fired: set[str]) -> Iterator[Reason]:
+    """Yield hits on the function or class a changed line sits in.
+
+    A change inside `def sanitize_redirect(...)` or `def validate_payment_event(...)` is a
+    change to that check even when no changed line names it.
+    """
+    done = set(fired)
+    matches: dict[str, list[tuple[Detector, str]]] = {}
+    for sign, number, text, scope in view.scoped():
+        if scope not in matches:
+            matches[scope] = _scope_hits(ruleset, scope)
+        hits = [(d, m) for d, m in matches[scope] if d.name not in done]
+        if not hits:
+            continue
+        lexed = view.line(sign, number, text)
+        if lexed.kind != "code" or IMPORT.match(lexed.code) or TELEMETRY.search(lexed.code):
+            continue
+        for detector, matched in hits:
+            done.add(detector.name)
+            yield Reason(
+                "sensitive_content",
+                f"{view.change.path}:{number} {sign}'{_snippet(text)}' inside "
+                f"'{_snippet(scope)}' {detector.name}: '{matched}'",
+                detector.category,
+            )
+
+
+def _scope_hits(ruleset: RuleSet, scope: str) -> list[tuple[Detector, str]]:
+    """Return the detectors that recognise a def or class line, with what they matched."""
+    found = []
+    for detector in ruleset.detectors:
+        if not detector.snake or detector.files is not None:
+            continue
+        match = detector.pattern.search(snake(scope))
+        if match is not None and _holds(detector, scope):
+            found.append((detector, match.group(0).strip()))
+    return found
 
 
 def _holds(detector: Detector, code: str) -> bool:
@@ -430,6 +531,8 @@ def _documenting_only(code: str) -> bool:
 def _paths(view: FileView, ruleset: RuleSet) -> Iterator[Reason]:
     """Yield a reason when a sensitive path's file has changed code beyond telemetry."""
     change = view.change
+    if MARKUP.search(change.path):
+        return  # page templates: markup and copy, not the code the folder is named for
     for category, globs in ruleset.paths:
         path = next((p for p in (change.path, change.old_path) if p and globs.match(p)), None)
         glob = globs.match(path) if path else None

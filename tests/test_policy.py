@@ -140,15 +140,17 @@ def test_policy_errors_name_key_and_file(
     assert "\n" not in str(caught.value)
 
 
-def test_content_patterns_that_cannot_be_combined_are_a_load_error(tmp_path: Path) -> None:
+def test_content_patterns_may_share_group_names(tmp_path: Path) -> None:
+    """Each content rule runs on its own, so two rules may name their groups alike."""
     data = default_data()
     data["sensitive"]["auth"]["content"] = [
-        {"pattern": "(?P<word>login)"},
-        {"pattern": "(?P<word>logout)"},
+        {"pattern": "(?P<word>enrol_user)"},
+        {"pattern": "(?P<word>offboard_user)"},
     ]
-    with pytest.raises(ConfigError, match="cannot be combined") as caught:
-        load_policy(write(tmp_path, data))
-    assert caught.value.key == "sensitive"
+    policy = load_policy(write(tmp_path, data))
+    for line in ("enrol_user(x)", "offboard_user(x)"):
+        change = FileChange("src/app/x.py", None, "modified", False, added=((1, line),))
+        assert route("review", Evidence((change,)), policy).categories == ("auth",)
 
 
 @pytest.mark.parametrize(
@@ -371,15 +373,12 @@ def test_repo_key_errors_name_the_key(text: str, key: str, words: str) -> None:
     assert result.policy == policy
 
 
-def test_repo_patterns_that_cannot_be_combined_fall_back_to_the_policy() -> None:
-    text = (
-        "sensitive:\n  auth:\n    content:\n"
-        "      - pattern: '(?P<w>foo)'\n      - pattern: '(?P<w>bar)'\n"
-    )
+def test_repo_patterns_that_do_not_compile_fall_back_to_the_policy() -> None:
+    text = "sensitive:\n  auth:\n    content:\n      - pattern: '(unclosed'\n"
     policy = load_policy()
     result = merge_repo_config(policy, text)
-    assert result.policy is policy
-    assert [e.key for e in result.errors] == ["sensitive"]
+    assert result.policy.sensitive == policy.sensitive
+    assert [e.key for e in result.errors] == ["sensitive.auth.content"]
 
 
 def test_a_repo_cannot_unset_operator_residency_with_negated_globs() -> None:
