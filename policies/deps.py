@@ -154,9 +154,10 @@ def _identifiers(text: str) -> str | None:
 def classify(old: str, new: str, ecosystem: str = "") -> str:
     """Classify old → new as major, minor, patch, downgrade or other.
 
-    Under semver's 0.x rule (npm and Cargo caret semantics) a 0.y → 0.z bump is major, and
-    so is any change of 0.0.z, since ^0.0.z admits only 0.0.z. Otherwise equal release
-    numbers (a pre-release to its release, a new build) and unparsable versions are "other".
+    Under semver's 0.x rule (npm and Cargo caret semantics) a 0.y → 0.z bump is major. The
+    routing specification stops there: for 0.y versions only a change of y breaks, so
+    0.0.3 → 0.0.4 is a patch. Equal release numbers (a pre-release to its release, a new
+    build, a new commit of a Go pseudo-version) and unparsable versions are "other".
     """
     a, b = parse_version(old, ecosystem), parse_version(new, ecosystem)
     if a is None or b is None:
@@ -166,12 +167,10 @@ def classify(old: str, new: str, ecosystem: str = "") -> str:
         before, after = a.key(), b.key()
         if after < before:
             return "downgrade"
-        # ^0.0.z admits only 0.0.z, so even a new pre-release of it (a Go pseudo-version
-        # v0.0.0-<date>-<commit>) may break; elsewhere equal numbers are no upgrade.
-        return "major" if x[:2] == (0, 0) and after != before else "other"
+        return "other"
     if y < x:
         return "downgrade"
-    if x[0] != y[0] or (x[0] == 0 and (x[1] != y[1] or x[1] == 0)):
+    if x[0] != y[0] or (x[0] == 0 and x[1] != y[1]):
         return "major"
     return "minor" if x[1] != y[1] else "patch"
 

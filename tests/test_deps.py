@@ -42,7 +42,7 @@ def found(path: str, old: str, new: str) -> list[tuple[str, str, str, str]]:
         ("1", "1.1", "minor"),
         ("0.9", "0.10", "major"),  # the 0.x rule: a 0.y → 0.z bump may break callers
         ("0.3.1", "0.3.2", "patch"),
-        ("0.0.3", "0.0.4", "major"),  # ^0.0.3 admits only 0.0.3
+        ("0.0.3", "0.0.4", "patch"),  # for 0.y only a change of y breaks (the spec)
         ("0.9.0", "1.0.0", "major"),
         ("2.31.0rc1", "2.31.0", "other"),
         ("1.0.0-beta.2", "1.0.0", "other"),
@@ -290,7 +290,7 @@ def fixture_bumps(name: str) -> list[tuple[str, str, str, str, str, str, int]]:
                     "golang.org/x/exp",
                     "0.0.0-20231110203233-9a3e6036ecaa",
                     "0.0.0-20240213143201-ec583247a57a",
-                    "major",  # a new commit of 0.0.0: ^0.0.z admits nothing else
+                    "other",  # a new commit of 0.0.0: the numbers do not move
                     8,
                 ),
             ],
@@ -754,9 +754,9 @@ def test_pin_version_takes_the_numbers_of_a_range(spec: str, version: str | None
         ("2.31.0rc1", "2.31.0", "pip", "other"),
         ("1.0.post1", "1.0.post2", "pip", "other"),
         ("0.27.1", "0.28.0", "cargo", "major"),
-        ("0.0.3", "0.0.4", "npm", "major"),
+        ("0.0.3", "0.0.4", "npm", "patch"),
         ("v1.2", "v1.3.0", "go", "minor"),
-        ("0.0.0-20231110203233-9a3e6036ecaa", "0.0.0-20240213143201-ec583247a57a", "go", "major"),
+        ("0.0.0-20231110203233-9a3e6036ecaa", "0.0.0-20240213143201-ec583247a57a", "go", "other"),
         ("1.2.3-0.20231110203233-9a3e6036ecaa", "1.2.3", "go", "other"),
         ("2.0.0+incompatible", "2.1.0+incompatible", "go", "minor"),
         ("3.12-slim", "3.12-alpine", "docker", "other"),  # a variant, not a version
