@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -75,3 +76,19 @@ def test_every_extra_a_locked_package_asks_for_is_pinned_with_it() -> None:
                 if req.extras and target in pins and not req.extras <= pins[target]:
                     missing.append(f"{name} needs {req.name}[{','.join(sorted(req.extras))}]")
         assert not missing, f"{lock}: {missing}"
+
+
+def test_the_readmes_route_example_is_the_real_output() -> None:
+    """The JSON the README shows for `cibot route --json` is what cibot prints for its diff."""
+    import json
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"With\s+`--json` the command prints exactly:\n\n```json\n(.*?)```", readme, re.S)
+    assert block is not None, "the README lost its `cibot route --json` example"
+    shown = json.loads(block.group(1))
+    diff = ROOT / "tests" / "fixtures" / "readme" / "permission-check.diff"
+    out = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "route", "--diff", str(diff), "--task", "review", "--json"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout
+    assert json.loads(out) == shown
