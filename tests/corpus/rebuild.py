@@ -1,12 +1,12 @@
 """Rebuild the routing corpus's diffs and head trees from repository snapshots.
 
-The corpus commits only labels (``cases.jsonl``): the diffs and trees are third-party
+The corpus commits only labels (``cases-*.jsonl``): the diffs and trees are third-party
 code, so this script writes them next to the labels, into ``diffs/`` and ``trees/``,
 which git ignores. Each case names ``repo`` (owner/name) and ``commit``; its diff is the
 commit against its first parent, and its tree is the commit's file list (``PATHS``) plus
 the build and deploy files that service discovery reads.
 
-    python tests/corpus/rebuild.py --mirrors ROOT [--cases tests/corpus/cases.jsonl]
+    python tests/corpus/rebuild.py --mirrors ROOT [--cases tests/corpus/cases-web.jsonl ...]
 
 ROOT holds one bare or normal git directory per repository, found as ``ROOT/owner+name``,
 ``ROOT/owner+name/repo``, ``ROOT/owner/name`` or ``ROOT/owner/name.git``. Clone them with
@@ -92,19 +92,28 @@ def main(argv: list[str] | None = None) -> int:
     """Rebuild every case's diff and tree; report what could not be rebuilt."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mirrors", type=Path, required=True)
-    parser.add_argument("--cases", type=Path, default=HERE / "cases.jsonl")
+    parser.add_argument("--cases", type=Path, action="append",
+                        help="a cases file (repeatable); default: every cases-*.jsonl here")
     parser.add_argument("--only", help="rebuild just the case with this id")
     args = parser.parse_args(argv)
-    base = args.cases.resolve().parent
     failed = 0
-    for line in args.cases.read_text().splitlines():
+    for cases in args.cases or sorted(HERE.glob("cases-*.jsonl")):
+        failed += rebuild(cases, args.mirrors, args.only)
+    return 1 if failed else 0
+
+
+def rebuild(cases: Path, mirrors: Path, only: str | None) -> int:
+    """Rebuild one cases file's diffs and trees; return how many cases failed."""
+    base = cases.resolve().parent
+    failed = 0
+    for line in cases.read_text().splitlines():
         if not line.strip():
             continue
         case = json.loads(line)
-        if args.only and case["id"] != args.only:
+        if only and case["id"] != only:
             continue
         try:
-            directory = git_dir(args.mirrors, case["repo"])
+            directory = git_dir(mirrors, case["repo"])
             diff = base / case["diff"]
             diff.parent.mkdir(parents=True, exist_ok=True)
             diff.write_bytes(diff_of(directory, case["commit"]))
@@ -113,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         except (SystemExit, subprocess.CalledProcessError) as exc:
             failed += 1
             print(f"{case['id']}: not rebuilt ({exc})", file=sys.stderr)
-    return 1 if failed else 0
+    return failed
 
 
 if __name__ == "__main__":
