@@ -2,8 +2,9 @@
 
 The fixtures (tests/fixtures/eval) hold four cases: a sensitive auth change the router
 catches, a routine docs change, a breaking PyJWT bump in requirements.txt that the
-sensitive-change trigger misses, and a routine two-service change whose database
-``session.py`` the router mistakes for auth; plus a file with a malformed line. Exact
+dependency knowledge base flags as auth and crypto (a JWT library signs and verifies
+tokens), and a routine two-service change whose database ``session.py`` the pinned
+``**/session.*`` path rule mistakes for auth; plus a file with a malformed line. Exact
 figures are asserted under a pinned policy (the default policy's tiers and tasks with
 fixed sensitive rules), so that tuning the default rules does not move them.
 """
@@ -32,6 +33,7 @@ from policies.evidence import Evidence
 from policies.loading import default_policy_text, load_policy
 from policies.model import CATEGORIES, Policy
 from policies.scoring import Entry, Ratio, Row
+from policies.services import ServiceEntry, ServiceMap
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 CASES = FIXTURES / "cases.jsonl"
@@ -46,10 +48,10 @@ PINNED_SENSITIVE: dict[str, Any] = {
 }
 # (name, cases, positives, recall, false escalation) for every row, in table order.
 ROWS = [
-    ("summary", 4, 2, (1, 2), (1, 2)),
-    ("review", 4, 2, (1, 2), (1, 2)),
-    ("auth", 4, 2, (1, 2), (1, 2)),
-    ("crypto", 4, 0, (0, 0), (0, 4)),
+    ("summary", 4, 2, (2, 2), (1, 2)),
+    ("review", 4, 2, (2, 2), (1, 2)),
+    ("auth", 4, 2, (2, 2), (1, 2)),
+    ("crypto", 4, 1, (1, 1), (0, 3)),
     ("payments", 4, 0, (0, 0), (0, 4)),
     ("infra", 4, 0, (0, 0), (0, 4)),
     ("deps", 4, 1, (1, 1), (0, 3)),
@@ -59,19 +61,23 @@ TABLE = [
     "cibot eval: 4 cases from cases.jsonl; tasks: summary, review, deps, ci",
     "",
     "                   cases positives  recall           false escalation",
-    "summary                4         2  1/2 (50.0%)      1/2 (50.0%)",
-    "review                 4         2  1/2 (50.0%)      1/2 (50.0%)",
-    "  auth                 4         2  1/2 (50.0%)      1/2 (50.0%)",
-    "  crypto               4         0  0/0 (-)          0/4 (0.0%)",
+    "summary                4         2  2/2 (100.0%)     1/2 (50.0%)",
+    "review                 4         2  2/2 (100.0%)     1/2 (50.0%)",
+    "  auth                 4         2  2/2 (100.0%)     1/2 (50.0%)",
+    "  crypto               4         1  1/1 (100.0%)     0/3 (0.0%)",
     "  payments             4         0  0/0 (-)          0/4 (0.0%)",
     "  infra                4         0  0/0 (-)          0/4 (0.0%)",
     "deps                   4         1  1/1 (100.0%)     0/3 (0.0%)",
     "ci                     4         1  1/1 (100.0%)     0/3 (0.0%)",
     "",
     "bump detection:    1/1 (100.0%) labelled bumps found with their from/to",
+    "services_touched:  4/4 (100.0%) cases where the touched services equal the label",
 ]
 SESSION = "services/a/db/session.py matches '**/session.*'"
-HAVE_SERVICES = evaluate.services_api() is not None
+DB_POOL_NOTE = (
+    "Resizes service a's database session pool and orders service b's listing: "
+    "a database session, not a login session."
+)
 
 
 def pinned_policy_text() -> str:
@@ -138,19 +144,16 @@ def test_json_report_has_the_exact_figures(
     assert data["tasks"] == ["summary", "review", "deps", "ci"]
     assert figures(data) == ROWS
     assert [r["kind"] for r in data["rows"]] == ["task", "task"] + ["category"] * 4 + ["task"] * 2
-    assert data["rows"][0]["recall"]["pct"] == 50.0
-    assert data["rows"][3]["recall"]["pct"] is None
+    assert data["rows"][0]["recall"]["pct"] == 100.0
+    assert data["rows"][0]["false_escalation"]["pct"] == 50.0
+    assert data["rows"][4]["recall"]["pct"] is None
     assert data["bump_detection"] == {"hits": 1, "of": 1, "pct": 100.0, "wrong": []}
     assert set(data["timing_ms"]) == {"median", "p95", "total"}
     assert (
         0 <= data["timing_ms"]["median"] <= data["timing_ms"]["p95"] <= data["timing_ms"]["total"]
     )
-    if HAVE_SERVICES:
-        assert data["services_touched"] == {"hits": 4, "of": 4, "pct": 100.0, "wrong": []}
-        assert data["notes"] == []
-    else:
-        assert data["services_touched"] is None
-        assert data["notes"] == [evaluate.NO_SERVICES]
+    assert data["services_touched"] == {"hits": 4, "of": 4, "pct": 100.0, "wrong": []}
+    assert data["notes"] == []
 
 
 @pytest.mark.usefixtures("clean_env")
@@ -159,22 +162,22 @@ def test_json_lists_misses_and_false_escalations_with_their_reasons(
 ) -> None:
     data = json.loads(cli(capsys, "--cases", "cases.jsonl", "--policy", str(pinned), "--json")[1])
     for name in ("summary", "review", "auth"):
-        assert ids(data, name, "missed") == ["pyjwt-major-bump"]
+        assert ids(data, name, "missed") == []
         assert ids(data, name, "false_escalations") == ["two-services-db-pool"]
     for name in ("crypto", "payments", "infra", "deps", "ci"):
         assert ids(data, name, "missed") == ids(data, name, "false_escalations") == []
     summary = data["rows"][0]
-    assert summary["missed"][0] == {
-        "id": "pyjwt-major-bump",
-        "label": "sensitive (auth)",
-        "note": "Moves the token-verifying library PyJWT across a major version "
-        "(decode() now requires algorithms).",
-        "reasons": [],
-    }
-    (reason,) = summary["false_escalations"][0]["reasons"]
-    assert reason["trigger"] == "sensitive_path" and reason["evidence"].startswith(SESSION)
+    assert summary["false_escalations"] == [
+        {
+            "id": "two-services-db-pool",
+            "label": "routine",
+            "note": DB_POOL_NOTE,
+            "reasons": [{"trigger": "sensitive_path", "evidence": SESSION}],
+        }
+    ]
     auth = data["rows"][2]
     assert auth["false_escalations"][0]["label"] == "no category"
+    assert auth["false_escalations"][0]["reasons"] == summary["false_escalations"][0]["reasons"]
 
 
 @pytest.mark.usefixtures("clean_env")
@@ -185,27 +188,59 @@ def test_text_report_prints_the_table_then_the_misses(
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert lines[: len(TABLE)] == TABLE
-    assert lines[len(TABLE) + int(HAVE_SERVICES)].startswith("timing:            median ")
-    assert lines[lines.index("summary: missed sensitive changes: 1 of 2") :][:4] == [
-        "summary: missed sensitive changes: 1 of 2",
-        "  - pyjwt-major-bump — label: sensitive (auth)",
-        "    note: Moves the token-verifying library PyJWT across a major version "
-        "(decode() now requires algorithms).",
-        "    why not: no trigger fired",
+    assert lines[len(TABLE)].startswith("timing:            median ")
+    assert lines[len(TABLE) + 1 :] == [
+        "",
+        "summary: false escalations: 1 of 2",
+        "  - two-services-db-pool — label: routine",
+        f"    note: {DB_POOL_NOTE}",
+        f"    fired: sensitive_path: {SESSION}",
+        "",
+        "review: false escalations: 1 of 2",
+        "  the same cases as summary above",
+        "",
+        "auth: false flags: 1 of 2",
+        "  - two-services-db-pool — label: no category",
+        f"    note: {DB_POOL_NOTE}",
+        f"    fired: sensitive_path: {SESSION}",
     ]
-    start = lines.index("auth: false flags: 1 of 2")
-    assert lines[start + 1] == "  - two-services-db-pool — label: no category"
-    assert lines[start + 3].startswith(f"    fired: sensitive_path: {SESSION}")
-    start = lines.index("review: false escalations: 1 of 2")
-    assert lines[start + 1] == "  the same cases as summary above"
-    assert not any(line.startswith(("deps: missed", "ci: missed", "crypto:")) for line in lines)
 
 
 @pytest.mark.usefixtures("clean_env")
 def test_misses_option_limits_each_list(capsys: pytest.CaptureFixture[str], pinned: Path) -> None:
     out = cli(capsys, "--cases", "cases.jsonl", "--policy", str(pinned), "--misses", "0")[1]
-    assert "missed" not in out and "false flags" not in out
-    assert out.splitlines()[: len(TABLE)] == TABLE
+    assert "false escalations" not in out and "false flags" not in out
+    lines = out.splitlines()
+    assert lines[: len(TABLE)] == TABLE
+    assert len(lines) == len(TABLE) + 1 and lines[-1].startswith("timing:            median ")
+
+
+def test_pyjwt_major_bump_is_caught_through_the_dependency_knowledge_base(pinned: Path) -> None:
+    (bump,) = [c for c in evaluate.load([str(CASES)]) if c.case.id == "pyjwt-major-bump"]
+    done = evaluate.outcome(bump, load_policy(pinned), ("summary", "deps"), None)
+    summary = done.decisions["summary"]
+    assert summary.categories == ("auth", "crypto")
+    assert [(r.trigger, r.category) for r in summary.reasons] == [
+        ("sensitive_dependency", "auth"),
+        ("sensitive_dependency", "crypto"),
+    ]
+    assert all(
+        r.evidence.startswith("requirements.txt:2 pyjwt 1.7.1 → 2.8.0 ") for r in summary.reasons
+    )
+    assert [r.trigger for r in done.decisions["deps"].reasons] == ["major_version_bump"]
+
+
+def test_render_lists_a_missed_case_with_why_not() -> None:
+    entry = Entry("case-x", "sensitive (auth)", "Checks a token.", ())
+    row = Row("summary", "task", 1, 1, Ratio(0, 1), Ratio(0, 0), (entry,), ())
+    report = scoring.Report(1, ("summary",), (row,), {}, scoring.Timing(1.0, 1.0, 1.0))
+    lines = evaluate.render(report, ["x.jsonl"]).splitlines()
+    assert lines[lines.index("summary: missed sensitive changes: 1 of 1") :] == [
+        "summary: missed sensitive changes: 1 of 1",
+        "  - case-x — label: sensitive (auth)",
+        "    note: Checks a token.",
+        "    why not: no trigger fired",
+    ]
 
 
 def test_render_says_how_many_more_a_list_holds() -> None:
@@ -387,7 +422,9 @@ def test_ci_sees_every_changed_path_and_names_the_services_it_traced() -> None:
     flagged = evaluate.evaluate(plain, load_policy(), ("ci",)).rows[0].false_hits
     assert flagged[0].reasons[-1] == Reason(
         "ci_services",
-        "failed paths trace to: a (services/a/db/session.py), b (services/b/handlers.py)",
+        "failed paths trace to: "
+        "a (services/a/db/session.py is under the service root services/), "
+        "b (services/b/handlers.py is under the service root services/)",
     )
 
 
@@ -398,15 +435,17 @@ class FakeServices:
         """Record what discovery was asked."""
         self.discovered: list[list[str]] = []
 
-    def discover(self, paths: Any, read: Any) -> dict[str, str]:
-        """Map each service folder that holds a Dockerfile it can read."""
+    def discover(self, paths: Any, read: Any) -> ServiceMap:
+        """Map each service folder that holds a Dockerfile it can read, as the real API does."""
         paths = list(paths)
         self.discovered.append(paths)
-        return {
-            p.split("/")[1]: p.rsplit("/", 1)[0]
-            for p in paths
-            if p.startswith("services/") and p.endswith("/Dockerfile") and read(p)
-        }
+        return ServiceMap(
+            tuple(
+                ServiceEntry(p.split("/")[1], folders=(p.rsplit("/", 1)[0],), evidence=(p,))
+                for p in paths
+                if p.startswith("services/") and p.endswith("/Dockerfile") and read(p)
+            )
+        )
 
     def touched(self, evidence: Evidence, policy: Policy) -> dict[str, str]:
         """Name the service folder of each changed path."""
@@ -419,13 +458,17 @@ def test_service_discovery_scores_touched_services_when_present() -> None:
     fake = FakeServices()
     api = evaluate.ServicesApi(discover=fake.discover, touched=fake.touched)
     located = evaluate.load([str(CASES)])
-    if not HAVE_SERVICES:  # Evidence has no services field yet: score the cases without trees.
-        located = [dataclasses.replace(c, tree=None) for c in located]
     report = evaluate.evaluate(located, load_policy(), services=api)
     check = report.checks["services_touched"]
     assert check is not None and check.ratio == Ratio(4, 4) and report.notes == ()
-    if HAVE_SERVICES:
-        assert len(fake.discovered) == 1 and "services/b/Dockerfile" in fake.discovered[0]
+    assert len(fake.discovered) == 1 and "services/b/Dockerfile" in fake.discovered[0]
+    # The discovered map reaches the ci trigger: the failure traces by folder, not by root.
+    (pool,) = [c for c in located if c.case.id == "two-services-db-pool"]
+    done = evaluate.outcome(pool, load_policy(), ("ci",), api)
+    assert done.ci_services == {
+        "a": "services/a/db/session.py is in its folder services/a/",
+        "b": "services/b/handlers.py is in its folder services/b/",
+    }
 
 
 def test_without_service_discovery_the_report_says_so() -> None:
@@ -442,12 +485,21 @@ def test_tree_reader_reads_saved_files_and_nothing_outside() -> None:
     assert read("/etc/hostname") is None
 
 
-@pytest.mark.skipif(not HAVE_SERVICES, reason="policies.services is not in this build yet")
 def test_real_service_discovery_matches_the_labels() -> None:
     api = evaluate.services_api()
-    report = evaluate.evaluate(evaluate.load([str(CASES)]), load_policy(), services=api)
+    assert api is not None, "policies.services should provide discover and touched"
+    located = evaluate.load([str(CASES)])
+    report = evaluate.evaluate(located, load_policy(), services=api)
     check = report.checks["services_touched"]
-    assert check is not None and check.ratio == Ratio(4, 4), check
+    assert check is not None and check.ratio == Ratio(4, 4) and check.wrong == (), check
+    assert report.notes == ()
+    (pool,) = [c for c in located if c.case.id == "two-services-db-pool"]
+    done = evaluate.outcome(pool, load_policy(), ("ci",), api)
+    assert done.touched == {"a": "services/a/db/session.py", "b": "services/b/handlers.py"}
+    assert done.ci_services == {
+        "a": "services/a/db/session.py is in its folder services/a/",
+        "b": "services/b/handlers.py is in its folder services/b/",
+    }
 
 
 # The real command, as users run it: the console script beside this interpreter.
