@@ -82,7 +82,7 @@ DEPLOY = re.compile(
     r"iac|pulumi)/.*\.(ya?ml|json|j2|tpl|jsonnet|libsonnet|cue|sh)(\.(erb|j2|tpl|tmpl|gotmpl))?$"
     r"|(^|/)(Chart|kustomization|skaffold[^/]*|app|cloudbuild|fly|render|Procfile)\.ya?ml$"
     r"|(^|/)templates/[^/]+\.(ya?ml|tpl)$|(^|/)values[^/]*\.ya?ml$|(^|/)Procfile$"
-    r"|(^|/)[^/]*iam[^/]*\.json$",
+    r"|(^|/)[^/]*iam[^/]*\.json$|(^|/)iam/.*\.(json|ya?ml)$",
 )
 CONFIG = re.compile(
     r"\.(ya?ml|toml|ini|cfg|conf|json|jsonc|json5|properties|env|xml|plist|editorconfig)$"
@@ -236,6 +236,7 @@ BLANK = Lexed("blank", "", "")
 # as if it began inside each of these, and the reading that ends in code wins.
 OPENERS = ('"""', "'''", "/*", "`")
 PROBE = "cibot_probe = 1"
+DOCSTRINGS = ('"""', "'''")  # prose in one can run past a hunk's end
 
 
 def lex_hunk_side(lexer: Lexer, lines: list[str]) -> list[Lexed]:
@@ -250,9 +251,13 @@ def lex_hunk_side(lexer: Lexer, lines: list[str]) -> list[Lexed]:
     best, fewest = (first[:-1] if first[-1].kind == "code" else None), errors
     text = "\n".join(lines)
     closers = {"/*": "*/"}
-    for opener in (o for o in OPENERS if closers.get(o, o) in text):
+    # Errors alone (prose read as code) justify trying every opener; a failed probe only
+    # the openers whose closer the hunk holds.
+    for opener in (o for o in OPENERS if errors or closers.get(o, o) in text):
         again, wrong = _lex_counting(lexer, [opener, *lines, PROBE])
-        if again[-1].kind == "code" and (best is None or wrong < fewest):
+        # With no closer in the hunk, the string runs past it: the probe cannot end in code.
+        runs_on = opener in DOCSTRINGS and opener not in text and wrong < errors
+        if (again[-1].kind == "code" or runs_on) and (best is None or wrong < fewest):
             best, fewest = again[1:-1], wrong
     return best if best is not None else first[:-1]
 

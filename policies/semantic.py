@@ -86,7 +86,8 @@ UI_TEXT = _rx(r"\b(gettext|ugettext|_lazy|i18n|t|_)\(\s*['\"]|\b(label|title|pla
 PAGE_NAMES = _rx(UI_TEXT.pattern + r"|(refund|payment|invoice|checkout|billing)\w*_(policy|url|"
                  r"page|link|text|label|template|email|path|view|form|help|title)s?\b")
 ARITHMETIC = re.compile(
-    r"(?<![-+*/=<>!%&|^])(\+|-|\*|/|%)=?(?![-+>=*/])|\bsum\(|\bround\(|\bquantize\b|"
+    r"(?<![-+*/=<>!%&|^])(\+|-|\*|/|%)=?(?![-+>=*/])|\bsum\(|\bround\b|\.(to_i|floor|ceil)\b|"
+    r"\bMoney\.new\b|\bquantize\b|"
     r"\bDecimal\(|\bMoney\(|\bBigDecimal\b|\.(add|subtract|multiply|divide|negate)\(|"
     r"\bmax\(|\bmin\(|\babs\("
 )
@@ -108,6 +109,8 @@ MONEY_HINT = _rx(r"amount|price|balance|subtotal|tax|vat|discount|fee|refund|deb
                  r"money|cent|payable|surcharge|paid|payment|payout|invoice|wallet|withdraw")
 
 
+# A guard: the line decides whether to go on (not a query filter that scopes rows).
+CONDITION = _rx(r"^\s*(\}\s*)?(if|unless|elif|elsif|else\s+if|guard|assert|when|return)\b|\bif\s*\(")
 SECRET_WORDS = _rx(r"password|passwd|secret|token|api_?key|salt|\bpin\b|signature|credential|otp")
 MARKUP = re.compile(r"\.(html?|xhtml|jinja2?|hbs|handlebars|mustache|erb|twig|liquid|njk|ejs"
                     r"|svg|css|scss|sass|less)$")
@@ -154,9 +157,16 @@ DETECTORS: tuple[Detector, ...] = (
         r"can_(view|edit|delete|change|manage|access|read|write|update|create|publish|moderate|"
         r"admin|see|submit|approve)\w*|user_can|current_user_can|allowed_(to|for|users|roles)|"
         r"acl|rbac|abac|scopes?_required|require_scopes?|owner_only|check_access|ensure_access|"
-        r"permitted|permissions?)\b"),
+        r"permitted|permissions?)\b|\b(status(_code)?|code)\s*[=:]\s*4?40[13]\b|"
+        r"\babort\(\s*40[13]\b|\bHTTP_40[13]_\w+|"
+        r"\.(admin|staff|owner|superuser|moderator)\?"),
         guard=_rx(r"\bos\.chmod|\bchmod\b|file_?mode|0o[0-7]{3}|st_mode"),
-        anchors=("perm", "passes_test", "login", "authent", "anonymous", "superuser", "staff", "admin", "require", "role", "authorit", "authoriz", "unauthori", "secured", "granted", "forbidden", "denied", "explorable", "can", "acl", "rbac", "abac", "scope", "owner", "access", "allowed",)),
+        anchors=("40", "perm", "passes_test", "login", "authent", "anonymous", "superuser", "staff", "admin", "require", "role", "authorit", "authoriz", "unauthori", "secured", "granted", "forbidden", "denied", "explorable", "can", "acl", "rbac", "abac", "scope", "owner", "access", "allowed",)),
+    Detector("auth", "ownership check", _words(
+        r"\b(user|owner|author|creator)_?id\s*(!=|==)|(!=|==)\s*[\w.]*(current_user|get_user_id|"
+        r"request\.user)"),
+        check=lambda code: bool(CONDITION.search(code)),
+        anchors=("user", "owner", "author", "creator")),
     Detector("auth", "credential handling", _words(
         r"\b(net_?rc\w*|credentials?|passwd|passwords?|passphrase|api_?keys?|client_?secret|"
         r"auth_?header\w*|http_?basic_?auth|http_?digest_?auth|basic_?auth|digest_?auth|"
@@ -188,7 +198,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector("auth", "login flow", _words(
         r"\b(login|logout|log_in|log_out|sign_?in|sign_?out|authenticat\w*|re_?authenticat\w*|"
         r"impersonat\w*|mfa|totp|hotp|otp|two_?factor|2fa|web_?authn|pass_?keys?|magic_?link|"
-        r"remember_me|lockout|brute_?force|connection_init|connection_ack)\b"),
+        r"remember_me|lockout|brute_?force|connection_init\w*|connection_ack\w*)\b"),
         anchors=("log", "sign", "authenticat", "impersonat", "mfa", "totp", "hotp", "otp", "factor", "2fa", "authn", "pass", "magic", "remember", "lockout", "brute", "connection",)),
     Detector("auth", "OAuth, OIDC or redirect validation", _words(
         r"\b(oauth2?|oidc|open_?id|redirect_uris?|allowed_redirect\w*|code_verifier|"
@@ -434,6 +444,8 @@ def _confirm(
     hits: list[tuple[Detector, Reason]] = []
     lexed = None
     for detector in pending:
+        if view.role == "deploy" and detector.category != "infra":
+            continue  # deploy config is infra: `permissions:` in a workflow is no auth check
         raw = detector.pattern.search(text)
         if raw is None and (not detector.snake or detector.pattern.search(snake(text)) is None):
             continue
@@ -511,8 +523,8 @@ def _deploy(view: FileView) -> Iterator[Reason]:
         return
     what = next((name for rx, name in DEPLOY_KINDS if rx.search(view.change.path)),
                 "deploy config")
-    for sign, number, text, code in view.code_lines():
-        if DOCUMENTING.search(code) or _documenting_only(code):
+    for sign, number, text, code in _config_lines(view):
+        if DOCUMENTING.search(code) or _prose(code):
             continue
         yield Reason(
             "sensitive_content",
@@ -522,17 +534,26 @@ def _deploy(view: FileView) -> Iterator[Reason]:
         return
 
 
-def _documenting_only(code: str) -> bool:
-    """Tell whether a config line holds nothing but a quoted string (a wrapped description)."""
+def _config_lines(view: FileView) -> Iterator[tuple[str, int, str, str]]:
+    """Yield a deploy file's changed code and bare-value lines ("ec2:DescribeInstances",)."""
+    for sign, number, text in view.changed():
+        lexed = view.line(sign, number, text)
+        if lexed.kind == "code" or (lexed.kind == "string" and not _prose(text)):
+            yield sign, number, text, lexed.code or text
+
+
+def _prose(code: str) -> bool:
+    """Tell whether a config line is a quoted sentence (a wrapped description), not a value."""
     stripped = code.strip().rstrip(",")
-    return len(stripped) > 1 and stripped[0] in "'\"" and stripped[-1] == stripped[0]
+    quoted = len(stripped) > 1 and stripped[0] in "'\"" and stripped[-1] == stripped[0]
+    return quoted and " " in stripped
 
 
 def _paths(view: FileView, ruleset: RuleSet) -> Iterator[Reason]:
     """Yield a reason when a sensitive path's file has changed code beyond telemetry."""
     change = view.change
-    if MARKUP.search(change.path):
-        return  # page templates: markup and copy, not the code the folder is named for
+    if MARKUP.search(change.path) or view.role == "deploy":
+        return  # page templates are copy; deploy files are infra by their role
     for category, globs in ruleset.paths:
         path = next((p for p in (change.path, change.old_path) if p and globs.match(p)), None)
         glob = globs.match(path) if path else None
@@ -553,7 +574,7 @@ def _bumps(evidence: Evidence, policy: Policy) -> Iterator[Reason]:
     for bump, category in finder(evidence.files, policy):
         yield Reason(
             "sensitive_dependency",
-            f"{bump.path}:{bump.line} {bump.name} {bump.old} → {bump.new} is a {category} "
+            f"{bump.path}:{bump.line} {bump.name} {bump.old} → {bump.new}: a {category} "
             "package",
             category,
         )

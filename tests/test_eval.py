@@ -225,7 +225,7 @@ def test_pyjwt_major_bump_is_caught_through_the_dependency_knowledge_base(pinned
         ("sensitive_dependency", "crypto"),
     ]
     assert all(
-        r.evidence.startswith("requirements.txt:2 pyjwt 1.7.1 → 2.8.0 ") for r in summary.reasons
+        r.evidence.startswith("requirements.txt:2 pyjwt 1.7.1 → 2.8.0") for r in summary.reasons
     )
     assert [r.trigger for r in done.decisions["deps"].reasons] == ["major_version_bump"]
 
