@@ -166,7 +166,8 @@ def test_replay_and_summarize(built: Built) -> None:
     assert sensitive[built.shas["auth"][:12]]["categories"] == ["auth"]
     assert sensitive[built.shas["merge"][:12]]["categories"] == ["payments"]
     assert sensitive[built.shas["auth"][:12]]["evidence"][0] == (
-        "src/auth/passwords.py matches '**/auth/**'"
+        "src/auth/passwords.py:5 +'return bcrypt.hashpw(pw, bcrypt.gensalt())' "
+        "password hashing: 'bcrypt'"
     )
     reasons = dict(report["escalation_reasons"])
     assert reasons["major_version_bump"] == 1
@@ -232,7 +233,10 @@ def test_sensitive_evidence_comes_from_any_task(built: Built) -> None:
     policy = build_policy(data, source="no-summary-escalation")
     report = assess(iter(walked(built)), policy)
     auth = next(i for i in report["sensitive_changes"] if i["commit"] == built.shas["auth"][:12])
-    assert auth["evidence"][0] == "src/auth/passwords.py matches '**/auth/**'"
+    assert auth["evidence"][0] == (
+        "src/auth/passwords.py:5 +'return bcrypt.hashpw(pw, bcrypt.gensalt())' "
+        "password hashing: 'bcrypt'"
+    )
     assert "Sensitive changes (2)" in render(report)
 
 
@@ -247,7 +251,7 @@ def test_render_names_every_section(built: Built) -> None:
         "Break-even utilization of each rung against API-only",
     ]:
         assert heading in text
-    assert f"  {built.shas['auth'][:12]}  auth: src/auth/passwords.py matches" in text
+    assert f"  {built.shas['auth'][:12]}  auth: src/auth/passwords.py:5 +'return bcrypt" in text
 
 
 @pytest.mark.parametrize("kind", ["missing", "plain-dir", "file"])

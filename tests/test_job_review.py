@@ -290,7 +290,7 @@ def test_suggestion_blocks_only_where_the_replacement_is_exact(setup: Setup) -> 
                 CART,
                 14,
                 body="Repeats the line above.",
-                suggestion="    def total(self):\n        total = sum(i.price for i in self.items)",
+                suggestion="    def total(self):\n        total = sum(i.weight for i in self.items)",
             ),
             finding(CART, 12, side="LEFT", body="Left side.", suggestion="return 0"),
             finding(CART, 12, body="Moved from a context line.", suggestion="    # total"),
