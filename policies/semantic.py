@@ -112,6 +112,7 @@ MONEY_HINT = _rx(r"amount|price|balance|subtotal|tax|vat|discount|fee|refund|deb
 # A guard: the line decides whether to go on (not a query filter that scopes rows).
 CONDITION = _rx(r"^\s*(\}\s*)?(if|unless|elif|elsif|else\s+if|guard|assert|when|return)\b|\bif\s*\(")
 SECRET_WORDS = _rx(r"password|passwd|secret|token|api_?key|salt|\bpin\b|signature|credential|otp")
+IGNORE_FILES = re.compile(r"(^|/)\.[\w-]*ignore$")
 MARKUP = re.compile(r"\.(html?|xhtml|jinja2?|hbs|handlebars|mustache|erb|twig|liquid|njk|ejs"
                     r"|svg|css|scss|sass|less)$")
 YAML_FILES = re.compile(r"\.(ya?ml|json|tpl|j2)$")
@@ -160,7 +161,7 @@ DETECTORS: tuple[Detector, ...] = (
         r"permitted|permissions?)\b|\b(status(_code)?|code)\s*[=:]\s*4?40[13]\b|"
         r"\babort\(\s*40[13]\b|\bHTTP_40[13]_\w+|"
         r"\.(admin|staff|owner|superuser|moderator)\?"),
-        guard=_rx(r"\bos\.chmod|\bchmod\b|file_?mode|0o[0-7]{3}|st_mode"),
+        guard=_rx(r"\bos\.chmod|\bchmod\b|file_?mode|0o[0-7]{3}|st_mode|\bPermissionError\b"),
         anchors=("40", "perm", "passes_test", "login", "authent", "anonymous", "superuser", "staff", "admin", "require", "role", "authorit", "authoriz", "unauthori", "secured", "granted", "forbidden", "denied", "explorable", "can", "acl", "rbac", "abac", "scope", "owner", "access", "allowed",)),
     Detector("auth", "ownership check", _words(
         r"\b(user|owner|author|creator)_?id\s*(!=|==)|(!=|==)\s*[\w.]*(current_user|get_user_id|"
@@ -379,6 +380,8 @@ def sensitive(evidence: Evidence, policy: Policy) -> Iterator[Reason]:
             continue
         if deps.is_manifest(view.change.path) and view.role != "deploy":
             continue  # a manifest is judged by the packages it bumps, below
+        if IGNORE_FILES.search(view.change.path):
+            continue  # .gitignore and .dockerignore list paths; `*.pem` there is no key
         if view.unread:
             unread, files = unread + view.change.changed_lines, files + 1
             continue
