@@ -33,7 +33,7 @@ ROLES = ("source", "test", "docs", "config", "deploy", "lock", "generated", "ven
 KINDS = ("code", "comment", "docstring", "string", "blank")
 # Roles whose content never escalates: prose, tests and their data, output nobody wrote.
 QUIET_ROLES = frozenset({"docs", "test", "fixture", "generated", "vendored"})
-LEX_BUDGET_LINES = 400
+LEX_BUDGET_LINES = 200
 # Characters that can start a comment or a string. A line without them before the
 # construct a detector found, in a hunk with no multi-line string or comment, is code
 # without asking the lexer (most lines of a huge diff are like that).

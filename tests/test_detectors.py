@@ -156,8 +156,11 @@ def test_five_thousand_file_diff_parses_and_routes_within_the_reading_budget() -
     # 9,980 changed lines come before the auth files: past the reading budget the rest is
     # not read, and the diff routes as sensitive with a reason that says so.
     (unread,) = reasons
+    read = semantic.SCAN_BUDGET_LINES // 2  # files of two changed lines each fit the budget
     assert unread.category is None
-    assert unread.evidence.startswith("1990 changed lines in 1000 more files were not read")
+    assert unread.evidence.startswith(
+        f"{2 * (4_990 - read) + 10} changed lines in {5_000 - read} more files were not read"
+    )
     # Within the budget every file is read, and the auth files count by their path.
     assert categories(found(*files[-20:])) == {"auth"}
     assert len(found(*files[-20:])) == 10
