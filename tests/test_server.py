@@ -626,6 +626,7 @@ def test_without_a_token_the_admin_app_answers_loopback_clients_only(
 ) -> None:
     """Through the real ASGI stack, with the client address a remote peer would have."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     from bot.server import create_apps
 
@@ -640,14 +641,20 @@ def test_without_a_token_the_admin_app_answers_loopback_clients_only(
         finally:
             intake.close()
 
+    def run(client_host: str, token: str, headers: dict[str, str]) -> httpx.Response:
+        # In a thread of its own: asyncio.run in the main thread would replace (and so
+        # orphan) any event loop another test left as the main thread's current one.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, ask(client_host, token, headers)).result()
+
     bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    remote = asyncio.run(ask("203.0.113.7", "", bearer))
+    remote = run("203.0.113.7", "", bearer)
     assert remote.status_code == 403
     assert "only loopback clients" in remote.json()["error"]
-    assert asyncio.run(ask("::ffff:203.0.113.7", ADMIN_TOKEN, {})).status_code == 401
-    assert asyncio.run(ask("203.0.113.7", ADMIN_TOKEN, bearer)).status_code == 200
-    assert asyncio.run(ask("::1", "", {})).status_code == 200
-    assert asyncio.run(ask("::ffff:127.0.0.1", "", {})).status_code == 200
+    assert run("::ffff:203.0.113.7", ADMIN_TOKEN, {}).status_code == 401
+    assert run("203.0.113.7", ADMIN_TOKEN, bearer).status_code == 200
+    assert run("::1", "", {}).status_code == 200
+    assert run("::ffff:127.0.0.1", "", {}).status_code == 200
 
 
 def test_cibot_serve_refuses_an_exposed_admin_listener_without_a_token(tmp_path: Path) -> None:
