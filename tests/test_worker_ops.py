@@ -467,3 +467,38 @@ def test_the_multiprocess_directory_is_made_and_emptied(
     (target / "keep.txt").write_text("not ours")
     startup._fresh_multiprocess_dir()
     assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+
+
+def test_preflight_names_what_to_set_before_a_worker_takes_work(
+    redis_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bot.errors import ConfigError
+    from bot.settings import Settings
+    from policies.loading import load_policy
+    from workers import startup
+
+    policy = load_policy()
+    served = startup.Served(("github",), "threads", 8)
+    missing = startup.Boot(app=None, settings=Settings(redis_url=redis_url), policy=policy)
+    with pytest.raises(ConfigError, match="CIBOT_GITHUB_PRIVATE_KEY_FILE"):
+        startup.preflight(missing, served)
+    dead = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    sandbox = startup.Boot(app=None, settings=dead, policy=policy)
+    with pytest.raises(ConfigError, match="point CIBOT_REDIS_URL at it"):
+        startup.preflight(sandbox, startup.Served(("sandbox",), "prefork", 2))
+    ok = startup.Boot(app=None, settings=Settings(redis_url=redis_url), policy=policy)
+    startup.preflight(ok, startup.Served(("sandbox",), "prefork", 2))  # no GitHub needed
+    assert ok.checked
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        with pytest.raises(ConfigError, match="CIBOT_WORKER_METRICS_PORT"):
+            startup.check_port_free("127.0.0.1", holder.getsockname()[1])
+    monkeypatch.setenv("CIBOT_LOG_FORMAT", "yaml")
+    with pytest.raises(SystemExit) as stopped:
+        startup.app_from_env()
+    assert stopped.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("cibot worker: CIBOT_LOG_FORMAT='yaml' is not valid")
