@@ -31,7 +31,7 @@ LEADING = ("timestamp", "level", "logger", "event", *STANDARD_FIELDS)
 RESERVED = frozenset({"timestamp", "level", "logger", "event", "exception"})
 RECORD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 # Libraries that log every HTTP request at INFO: only their warnings are news.
-CHATTY = ("httpx", "httpcore", "urllib3", "hpack")
+CHATTY = ("httpx", "httpcore", "urllib3", "hpack", "alembic.runtime.plugins")
 # Record attributes that repeat the message or only make sense to another formatter.
 DROPPED = frozenset({"color_message", "data", "taskName"})
 # Keys whose values are credentials; *_tokens (counts of model tokens) are not.
