@@ -66,7 +66,7 @@ MAX_SUGGESTION_CHARS = 6000
 MAX_LISTED = 20  # findings listed in the review body when GitHub refuses the line comments
 MAX_LISTED_CHARS = 300
 MAX_STORED = 100  # findings kept between compute and publish; the rest count as capped
-PACK_ATTEMPTS = 3
+PACK_ATTEMPTS = 8
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -421,7 +421,9 @@ def _packed(gathered: Gathered, diff: str, room: int) -> tuple[str, str]:
         used = count(text)
         if used <= room:
             break
-        budget = budget * room // used - 16
+        # Scale by the overshoot, but always shrink by an eighth at least: the list of files
+        # left out grows as the budget falls, so the scaled guess alone may not converge.
+        budget = min(budget * room // used - 16, budget - max(64, budget // 8))
     note = f" ({packed.note.removeprefix(packing.NOTE_PREFIX)})" if packed.note else ""
     return text, note
 
