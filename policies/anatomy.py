@@ -525,6 +525,13 @@ def _consistent(
     return all(len(targets[gone]) == 1 for gone, _ in pairs)
 
 
+def _sample(change: FileChange) -> str:
+    """Return the first lines of a YAML or JSON file's hunks, which settle its role."""
+    if not YAMLISH.search(change.path):
+        return ""
+    return "\n".join(t for h in change.body[:3] for _, t in h.lines[:60])
+
+
 def views(files: Iterable[FileChange], read_lines: int | None = None) -> list[FileView]:
     """Build a FileView for every text file of a diff, sharing one lexing budget.
 
@@ -533,8 +540,7 @@ def views(files: Iterable[FileChange], read_lines: int | None = None) -> list[Fi
     ``unread`` set, and the caller decides what an unread file means.
     """
     files = [f for f in files if not f.binary]
-    roles = [role_of(c.path, "\n".join(t for h in c.body[:3] for _, t in h.lines[:60]))
-             for c in files]
+    roles = [role_of(c.path, _sample(c)) for c in files]
     left = read_lines if read_lines is not None else sum(c.changed_lines for c in files)
     read: list[bool] = []
     for change, role in zip(files, roles, strict=True):

@@ -162,15 +162,17 @@ def _file_change(patched: object) -> FileChange:
     for hunk in pf:  # type: ignore[attr-defined]
         lines: list[tuple[str, str]] = []
         for line in hunk:
-            text = line.value.rstrip("\n")
-            if line.is_added:
+            kind = line.line_type  # one attribute read, not three property calls per line
+            if kind == "+":
+                text = line.value.rstrip("\n")
                 added.append((line.target_line_no, text))
                 lines.append(("+", text))
-            elif line.is_removed:
+            elif kind == "-":
+                text = line.value.rstrip("\n")
                 removed.append((line.source_line_no, text))
                 lines.append(("-", text))
-            elif line.is_context:
-                lines.append((" ", text))
+            elif kind == " ":
+                lines.append((" ", line.value.rstrip("\n")))
         section = (hunk.section_header or "").strip()
         body.append(Hunk(hunk.source_start, hunk.target_start, tuple(lines), section))
     return FileChange(
