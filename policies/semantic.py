@@ -571,10 +571,7 @@ def _paths(view: FileView, ruleset: RuleSet) -> Iterator[Reason]:
 
 def _bumps(evidence: Evidence, policy: Policy) -> Iterator[Reason]:
     """Yield a reason for each bump of a security-relevant package, Action or image."""
-    finder = getattr(deps, "sensitive_bumps", None)
-    if finder is None:
-        return
-    for bump, category in finder(evidence.files, policy):
+    for bump, category in deps.sensitive_bumps(evidence.files, policy):
         yield Reason(
             "sensitive_dependency",
             f"{bump.path}:{bump.line} {bump.name} {bump.old} → {bump.new}: a {category} "
