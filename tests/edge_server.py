@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from bot.server import create_apps
 from bot.settings import Settings
 from bot.webhooks import sign
 from policies.model import Policy
-from tests.services import free_port, wait_for_port
+from tests.services import wait_for_port
 
 FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
 SECRET = "It's a Secret to Everybody"
@@ -46,6 +47,14 @@ def delivery(name: str, delivery_id: str, **changes: Any) -> tuple[bytes, dict[s
     return body, headers_for(body, event=name.split(".")[0], delivery=delivery_id)
 
 
+def bound(host: str, port: int) -> socket.socket:
+    """Return a listening-ready TCP socket bound to host:port (port 0: any free one)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
 @dataclass
 class EdgeServer:
     """Serve ``create_apps`` with uvicorn in threads: the public and the admin listener."""
@@ -54,8 +63,8 @@ class EdgeServer:
     policy: Policy
     intake: Intake | None = None
     debounce_seconds: float = 30.0
-    port: int = field(default_factory=free_port)
-    admin_port: int = field(default_factory=free_port)
+    port: int = 0
+    admin_port: int = 0
     admin_host: str = "127.0.0.1"
     servers: list[uvicorn.Server] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)
@@ -78,20 +87,16 @@ class EdgeServer:
             enqueue=self.intake,
             debounce_seconds=self.debounce_seconds,
         )
-        for app, host, port, proxied in (
-            (apps.public, "127.0.0.1", self.port, True),
-            (apps.admin, self.admin_host, self.admin_port, False),
-        ):
+        # Bind the sockets here and hand them to uvicorn: a port picked first and bound
+        # later can be taken in between by another test's process.
+        public, admin = bound("127.0.0.1", self.port), bound(self.admin_host, self.admin_port)
+        self.port, self.admin_port = public.getsockname()[1], admin.getsockname()[1]
+        for app, sock, proxied in ((apps.public, public, True), (apps.admin, admin, False)):
             config = uvicorn.Config(
-                app,
-                host=host,
-                port=port,
-                log_level="warning",
-                access_log=False,
-                proxy_headers=proxied,
+                app, log_level="warning", access_log=False, proxy_headers=proxied
             )
             server = uvicorn.Server(config)
-            thread = threading.Thread(target=server.run, daemon=True)
+            thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
             thread.start()
             self.servers.append(server)
             self.threads.append(thread)

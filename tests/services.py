@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -11,11 +12,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def _ephemeral_range() -> range:
+    """Return the ports the kernel hands out to outgoing connections and to bind(port 0)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """Return a TCP port on 127.0.0.1 that is free right now, outside the ephemeral range.
+
+    A port taken from bind(port 0) comes out of the range the kernel also gives to every
+    outgoing connection, so between picking it and a server binding it a Redis client or a
+    worker can take it ("address already in use"). A port below that range only collides
+    with another explicit bind, which this function checks.
+    """
+    ephemeral = _ephemeral_range()
+    candidates = [p for p in range(10000, 30000) if p not in ephemeral] or list(range(1024, 10000))
+    for port in random.sample(candidates, 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port below the ephemeral range after 200 tries")
 
 
 def wait_for_port(port: int, *, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
@@ -46,8 +69,19 @@ class RedisServer:
 
     def start(self) -> None:
         """Start the server (again) on the same port, with nothing persisted."""
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.workdir)]
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+        ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port)
 
