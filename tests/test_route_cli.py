@@ -134,6 +134,9 @@ CASES: dict[str, Case] = {
         for name in ("bad-labels", "bad-ci", "bad-tier")
     },
     "no-diff-flag": Case(("route", "--task", "review")),
+    "piped-diff": Case(
+        ("route", "--task", "review", "--json"), stdin=(DIFFS / "auth_mixed.diff").read_bytes()
+    ),
 }
 
 
@@ -310,3 +313,31 @@ def test_missing_required_flag_exits_2(results: dict[str, Result]) -> None:
     result = results["no-diff-flag"]
     assert result.code == 2
     assert "--diff" in result.err and "Traceback" not in result.err
+
+
+def test_a_piped_diff_needs_no_diff_flag(results: dict[str, Result]) -> None:
+    """`git diff | cibot route --task review` reads stdin when --diff is left out."""
+    piped, named = results["piped-diff"], results["auth-json"]
+    assert piped.code == 0, piped.err
+    assert json.loads(piped.out) == json.loads(named.out)
+    assert json.loads(piped.out)["tier"] != "local"  # the auth change, routed as with --diff
+
+
+def test_tokens_are_counted_exactly_only_near_a_context_window() -> None:
+    from bot.decide import exact_near_windows
+    from policies.evidence import evidence_from_diff, packed_estimate
+    from policies.loading import load_policy
+    from workers import tokens
+
+    policy = load_policy()
+    small = evidence_from_diff(Path(PLAIN).read_bytes())
+    assert exact_near_windows("review", small, policy) is small  # far below every window
+    window = min(tier.context_window for tier in policy.tiers.values())
+    line = "+    value = compute(alpha, beta, gamma) + offset  # a changed line of code\n"
+    count = window * 7 // (2 * len(line))  # about one window's worth of estimated tokens
+    body = "".join(line for _ in range(count))
+    diff = f"diff --git a/m.py b/m.py\n--- a/m.py\n+++ b/m.py\n@@ -0,0 +1,{count} @@\n{body}"
+    near = evidence_from_diff(diff)
+    counted = exact_near_windows("review", near, policy)
+    assert counted.packed_tokens == packed_estimate(near.files, tokens.count)
+    assert counted.packed_tokens != near.packed_tokens
