@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import re
+import re._parser as re_parser  # type: ignore[import-not-found]  # the stdlib's sre_parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -49,6 +51,86 @@ def parse_yaml(text: str, *, source: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys", source=source)
     return data
+
+
+# A repo's .github/cibot.yml is untrusted input: it is measured before it is parsed, so
+# that a huge, deeply nested or alias-bombed file is refused in milliseconds.
+REPO_MAX_BYTES = 64 * 1024
+REPO_MAX_DEPTH = 12
+REPO_MAX_NODES = 5_000  # scalars and collections, with every alias counted as what it copies
+REPO_MAX_PATTERNS = 500  # path globs and content patterns in all
+
+
+def check_repo_yaml(text: str, *, source: str) -> None:
+    """Refuse a repo config over the size, depth or node limits, before building it.
+
+    PyYAML's event parser is a state machine (no recursion), so walking its events is
+    safe on input that would exhaust the stack of the composer that safe_load uses.
+    """
+    size = len(text.encode("utf-8", errors="replace"))
+    if size > REPO_MAX_BYTES:
+        raise ConfigError(
+            f"{source}: {size:,} bytes is over the {REPO_MAX_BYTES:,}-byte limit for a repo "
+            "config: keep it to the keys you change",
+            source=source,
+        )
+    depth = nodes = 0
+    anchored: dict[str, int] = {}
+    open_anchors: list[tuple[str | None, int]] = []
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                nodes += anchored.get(event.anchor or "", 1)
+            elif isinstance(event, yaml.ScalarEvent):
+                nodes += 1
+                if event.anchor:
+                    anchored[event.anchor] = 1
+            elif isinstance(event, yaml.CollectionStartEvent):
+                nodes += 1
+                depth += 1
+                open_anchors.append((event.anchor, nodes))
+                if depth > REPO_MAX_DEPTH:
+                    raise ConfigError(
+                        f"{source}: nested more than {REPO_MAX_DEPTH} levels deep: a repo "
+                        "config needs three or four",
+                        source=source,
+                    )
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+                anchor, start = open_anchors.pop()
+                if anchor:
+                    anchored[anchor] = nodes - start + 1
+            if nodes > REPO_MAX_NODES:
+                raise ConfigError(
+                    f"{source}: more than {REPO_MAX_NODES:,} values (aliases counted as what "
+                    "they copy): keep a repo config to the keys you change",
+                    source=source,
+                )
+    except yaml.YAMLError:
+        return  # parse_yaml reports the syntax error with its line
+
+
+def check_pattern_count(data: Mapping[str, Any], *, source: str) -> None:
+    """Refuse a repo config whose path globs and content patterns are too many to match."""
+    count = _patterns(data)
+    if count > REPO_MAX_PATTERNS:
+        raise ConfigError(
+            f"{source}: {count:,} path globs and content patterns, over the limit of "
+            f"{REPO_MAX_PATTERNS}: use broader globs",
+            source=source,
+        )
+
+
+def _patterns(value: Any) -> int:
+    """Count the entries of every 'paths' and 'content' list in a parsed config."""
+    if isinstance(value, dict):
+        return sum(
+            len(v) if k in ("paths", "content") and isinstance(v, list) else _patterns(v)
+            for k, v in value.items()
+        )
+    if isinstance(value, list):
+        return sum(_patterns(item) for item in value)
+    return 0
 
 
 def validation_message(exc: ValidationError, *, source: str) -> tuple[str, str]:
@@ -159,10 +241,84 @@ OPERATOR_ONLY = {
     "history": "acceptance floors come only from the operator's policy",
     "version": "the policy version is the operator's",
 }
-# A quantified group holding a quantifier anywhere, e.g. (a+)+ or (\w+\s?)+, can backtrack
-# exponentially (https://owasp.org/www-community/attacks/Regular_expression_Denial_of_Service_-_ReDoS).
-NESTED_QUANTIFIER = re.compile(r"\([^()]*[+*}][^()]*\)\s*[+*{]")
-Globs = Annotated[tuple[str, ...], AfterValidator(detectors.check_globs)]
+# A repeat that holds another repeat, e.g. (a+)+, ((a+))+$ or (\w+\s?)*, or an alternation
+# under a repeat, can backtrack exponentially in Python's engine
+# (https://owasp.org/www-community/attacks/Regular_expression_Denial_of_Service_-_ReDoS).
+# Repo patterns are parsed and such shapes refused, whatever parentheses wrap them.
+REPEATS = frozenset({re_parser.MAX_REPEAT, re_parser.MIN_REPEAT, re_parser.POSSESSIVE_REPEAT})
+# A glob with many wildcards becomes a regex of many .* runs, which backtracks polynomially.
+MAX_GLOB_WILDCARDS = 6
+# Adjacent runs such as .*x.*y.*z backtrack polynomially, one degree per run.
+MAX_UNBOUNDED_REPEATS = 6
+MAX_GLOB_LENGTH = 200
+
+
+def risky_regex(pattern: str) -> str | None:
+    """Say why a repo regex could backtrack badly, or None when its shape is safe."""
+    try:
+        parsed = re_parser.parse(pattern)
+    except re.error as exc:
+        return f"is not a valid regex: {exc}"
+    if _nested(parsed, under_repeat=False):
+        return "has nested quantifiers: it repeats a group that repeats or alternates"
+    if _unbounded(parsed) > MAX_UNBOUNDED_REPEATS:
+        return f"has more than {MAX_UNBOUNDED_REPEATS} unbounded repeats (slow backtracking)"
+    return None
+
+
+def _unbounded(items: Any) -> int:
+    """Count the unbounded repeats (*, +, {n,}) anywhere in a parsed regex."""
+    total = 0
+    for op, arg in items:
+        if op in REPEATS:
+            total += arg[1] == re_parser.MAXREPEAT
+            total += _unbounded(arg[2])
+        elif op is re_parser.SUBPATTERN:
+            total += _unbounded(arg[-1])
+        elif op is re_parser.BRANCH:
+            total += sum(_unbounded(branch) for branch in arg[1])
+        elif op in (re_parser.ASSERT, re_parser.ASSERT_NOT):
+            total += _unbounded(arg[1])
+    return total
+
+
+def _nested(items: Any, *, under_repeat: bool) -> bool:
+    """Tell whether a parsed regex repeats something that repeats or alternates."""
+    for op, arg in items:
+        if op in REPEATS:
+            _, high, body = arg
+            unbounded = high == re_parser.MAXREPEAT or high > 16
+            if under_repeat and unbounded:
+                return True
+            if _nested(body, under_repeat=under_repeat or unbounded):
+                return True
+        elif op is re_parser.SUBPATTERN:
+            if _nested(arg[-1], under_repeat=under_repeat):
+                return True
+        elif op is re_parser.BRANCH:
+            if under_repeat:
+                return True
+            if any(_nested(branch, under_repeat=False) for branch in arg[1]):
+                return True
+        elif op in (re_parser.ASSERT, re_parser.ASSERT_NOT) and _nested(
+            arg[1], under_repeat=under_repeat
+        ):
+            return True
+    return False
+
+
+def check_repo_globs(globs: tuple[str, ...]) -> tuple[str, ...]:
+    """Refuse repo globs that are too long or too wild, then check that they compile."""
+    for glob in globs:
+        if len(glob) > MAX_GLOB_LENGTH or glob.count("*") + glob.count("?") > MAX_GLOB_WILDCARDS:
+            raise ValueError(
+                f"glob {glob[:40]!r} is over {MAX_GLOB_LENGTH} characters or "
+                f"{MAX_GLOB_WILDCARDS} wildcards"
+            )
+    return detectors.check_globs(globs)
+
+
+Globs = Annotated[tuple[str, ...], AfterValidator(check_repo_globs)]
 
 
 class _RepoPrivateOnly(Frozen):
@@ -235,16 +391,11 @@ class _RepoCategory(Frozen):
     def _safe_patterns(cls, rules: tuple[_RepoContentRule, ...]) -> tuple[_RepoContentRule, ...]:
         """Reject patterns that do not compile or could backtrack catastrophically."""
         for rule in rules:
-            if len(rule.pattern) > 300 or NESTED_QUANTIFIER.search(rule.pattern):
-                raise ValueError(
-                    f"pattern {rule.pattern[:40]!r} is too long or has nested quantifiers"
-                )
-            try:
-                re.compile(rule.pattern)
-            except re.error as exc:
-                raise ValueError(
-                    f"pattern {rule.pattern[:40]!r} is not a valid regex: {exc}"
-                ) from exc
+            if len(rule.pattern) > 300:
+                raise ValueError(f"pattern {rule.pattern[:40]!r} is over 300 characters")
+            problem = risky_regex(rule.pattern)
+            if problem is not None:
+                raise ValueError(f"pattern {rule.pattern[:40]!r} {problem}")
         return rules
 
 
@@ -283,7 +434,9 @@ def merge_repo_config(
     if not text or not text.strip():
         return MergeResult(policy, ())
     try:
+        check_repo_yaml(text, source=source)
         data = parse_yaml(text, source=source)
+        check_pattern_count(data, source=source)
     except ConfigError as exc:
         return MergeResult(policy, (exc,))
     merged = policy.model_dump(mode="python")
@@ -360,10 +513,15 @@ def _merge_skip(merged: dict[str, Any], value: _RepoSkip, repo: str) -> None:
         merged["behaviour"]["skip_bots"] = value.bots
 
 
+PERMISSION_ORDER = ("read", "triage", "write", "maintain", "admin")
+
+
 def _merge_commands(merged: dict[str, Any], value: _RepoCommands, repo: str) -> None:
-    """Apply the repo's command permission level."""
+    """Raise the permission comment commands need; a repo can never lower the operator's."""
     if value.permission is not None:
-        merged["behaviour"]["command_permission"] = value.permission
+        current = merged["behaviour"]["command_permission"]
+        if PERMISSION_ORDER.index(value.permission) > PERMISSION_ORDER.index(current):
+            merged["behaviour"]["command_permission"] = value.permission
 
 
 def _merge_tests(merged: dict[str, Any], value: _RepoTests, repo: str) -> None:
@@ -386,8 +544,16 @@ def _merge_tasks(merged: dict[str, Any], value: dict[str, _RepoTask], repo: str)
             merged["tasks"][name]["enabled"] = task.enabled
 
 
+def _keep_operator_rules(merged: dict[str, Any]) -> None:
+    """Remember the operator's sensitive rules and packages before a repo adds to them."""
+    if merged.get("operator_sensitive") is None:
+        merged["operator_sensitive"] = copy.deepcopy(merged["sensitive"])
+        merged["operator_dependencies"] = copy.deepcopy(merged["dependencies"])
+
+
 def _merge_sensitive(merged: dict[str, Any], value: dict[str, _RepoCategory], repo: str) -> None:
     """Add the repo's sensitive paths and patterns to the operator's."""
+    _keep_operator_rules(merged)
     for name, rules in value.items():
         target = merged["sensitive"].setdefault(name, {"paths": (), "content": ()})
         target["paths"] = _union(target["paths"], rules.paths)
@@ -396,6 +562,7 @@ def _merge_sensitive(merged: dict[str, Any], value: dict[str, _RepoCategory], re
 
 def _merge_dependencies(merged: dict[str, Any], value: _RepoDependencies, repo: str) -> None:
     """Add the repo's security-relevant packages to the operator's, per ecosystem and category."""
+    _keep_operator_rules(merged)
     packages = merged["dependencies"]["packages"]
     for ecosystem, categories in value.packages.items():
         target = packages.setdefault(ecosystem, {})

@@ -144,6 +144,9 @@ class Behaviour(Frozen):
     command_permission: Literal["read", "triage", "write", "maintain", "admin"] = "write"
     coverage_target: float = Field(default=0.70, ge=0, le=1)
     context_reserve_tokens: int = Field(default=2048, ge=0)
+    # Sensitive rules and packages a repo's .github/cibot.yml adds escalate only within
+    # the private tiers unless the operator sets this: a repo file may not widen egress.
+    repo_rules_reach_external: bool = False
 
 
 class Dependencies(Frozen):
@@ -172,6 +175,10 @@ class Policy(Frozen):
     review: ReviewSettings = ReviewSettings()
     behaviour: Behaviour = Behaviour()
     dependencies: Dependencies = Dependencies()
+    # Set by the repo-config merge when a repo adds sensitive rules or packages: the
+    # operator's own, so routing can tell which escalations only the repo's rules caused.
+    operator_sensitive: dict[Category, CategoryRules] | None = None
+    operator_dependencies: Dependencies | None = None
 
     @model_validator(mode="after")
     def _check_references(self) -> Policy:

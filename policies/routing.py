@@ -101,11 +101,52 @@ def route_many(tasks: Iterable[str], evidence: Evidence, policy: Policy) -> list
             raise InputError(f"unknown task '{task}': choose one of {', '.join(TASKS)}")
     found = list(detectors.sensitive(evidence, policy))
     residency = list(detectors.private_only(evidence, policy))
-    return [_route_one(task, evidence, policy, found, residency) for task in tasks]
+    repo_only = _repo_only(found, evidence, policy)
+    return [_route_one(task, evidence, policy, found, residency, repo_only) for task in tasks]
+
+
+def _repo_only(found: list[Reason], evidence: Evidence, policy: Policy) -> frozenset[Reason]:
+    """Return the sensitive reasons that only a repo's own rules produced.
+
+    A repo's .github/cibot.yml may add sensitive rules, but it may not send more of its
+    code to external tiers than the operator's policy would; those reasons escalate only
+    within the private tiers unless the operator allows more.
+    """
+    if policy.operator_sensitive is None or policy.behaviour.repo_rules_reach_external:
+        return frozenset()
+    operator = operator_view(policy)
+    return frozenset(found) - frozenset(detectors.sensitive(evidence, operator))
+
+
+_OPERATOR_VIEWS: dict[int, tuple[Policy, Policy]] = {}
+
+
+def operator_view(policy: Policy) -> Policy:
+    """Return the policy with the operator's sensitive rules only (cached per policy)."""
+    hit = _OPERATOR_VIEWS.get(id(policy))
+    if hit is not None and hit[0] is policy:
+        return hit[1]
+    view = policy.model_copy(
+        update={
+            "sensitive": policy.operator_sensitive,
+            "dependencies": policy.operator_dependencies or policy.dependencies,
+            "operator_sensitive": None,
+            "operator_dependencies": None,
+        }
+    )
+    if len(_OPERATOR_VIEWS) > 16:
+        _OPERATOR_VIEWS.clear()
+    _OPERATOR_VIEWS[id(policy)] = (policy, view)
+    return view
 
 
 def _route_one(
-    task: str, evidence: Evidence, policy: Policy, found: list[Reason], residency: list[Reason]
+    task: str,
+    evidence: Evidence,
+    policy: Policy,
+    found: list[Reason],
+    residency: list[Reason],
+    repo_only: frozenset[Reason] = frozenset(),
 ) -> Decision:
     """Apply the routing table's rules, in order, to one task."""
     spec = policy.tasks[task]  # type: ignore[index]
@@ -119,7 +160,9 @@ def _route_one(
             if escalation.trigger == "sensitive_change"
             else list(detectors.TRIGGERS[escalation.trigger](evidence, policy))
         )
-        if fired:
+        if fired and escalation.trigger == "sensitive_change" and repo_only:
+            _raise_for_sensitive(draft, escalation.to, fired, repo_only, policy)
+        elif fired:
             draft.raise_to(escalation.to, cap(fired))
     _apply_request(draft, evidence)
     _apply_history(draft, evidence, policy)
@@ -127,6 +170,23 @@ def _route_one(
     _apply_budget(draft, evidence, policy, pinned=bool(residency))
     _apply_residency(draft, policy, residency)
     return _finish(draft, policy, categories, private=bool(residency))
+
+
+def _raise_for_sensitive(
+    draft: _Draft, to: str, fired: list[Reason], repo_only: frozenset[Reason], policy: Policy
+) -> None:
+    """Escalate on sensitive reasons, keeping repo-only reasons within the private tiers."""
+    if any(reason not in repo_only for reason in fired) or not is_external(to, policy):
+        draft.raise_to(to, cap(fired))
+        return
+    private = policy.best_private_tier()
+    target = private if rank(private) < rank(to) else to
+    note = Reason(
+        "repo_rule",
+        f"only the repo's own .github/cibot.yml rules matched, so this stays on {target} "
+        f"instead of {to}: a repo's rules escalate within the private tiers",
+    )
+    draft.raise_to(target, [*cap(fired), note])
 
 
 def _apply_request(draft: _Draft, evidence: Evidence) -> None:

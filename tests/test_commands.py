@@ -193,7 +193,14 @@ def test_the_permission_matrix(
     github.set_permission(REPO, "alice", level)
     github.set_file(REPO, ".github/cibot.yml", f"commands:\n  permission: {required}\n")
     job = command_job(github, "/cibot review")
-    jobs = handle_command(job, gh=gh, policy=load_policy())
+    # The operator allows "read"; the repo file raises the bar to ``required`` (a repo may
+    # raise the permission commands need, never lower it below the operator's).
+    lowest = load_policy().model_copy(
+        update={
+            "behaviour": load_policy().behaviour.model_copy(update={"command_permission": "read"})
+        }
+    )
+    jobs = handle_command(job, gh=gh, policy=lowest)
     assert reactions(github, job) == ["eyes"], "👀 whatever the outcome"
     if allowed:
         (review,) = jobs
@@ -345,7 +352,7 @@ def test_config_shows_the_merged_settings_and_the_repo_file_errors(
     assert handle_command(job, gh=gh, policy=policy) == []
     (reply,) = replies(github, job)
     assert "| auto-review | yes |" in reply
-    assert "| commands need | triage |" in reply
+    assert "| commands need | write |" in reply  # the repo's lower "triage" cannot apply
     assert "| task `review` | mid |" in reply
     assert "has problems" in reply and "tiers" in reply
 
