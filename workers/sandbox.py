@@ -1,21 +1,30 @@
 """Run untrusted commands, such as generated tests, in a contained subprocess.
 
-Containment, as far as the host allows (probed once per process, then cached):
+Every run goes through bubblewrap (``bwrap``, https://github.com/containers/bubblewrap),
+which builds the run a view of its own:
 
-- network: a new network namespace (``unshare --net``; ``--map-root-user`` adds an
-  unprivileged user namespace when the worker is not root) holds only a loopback interface
-  that is down, so neither the internet nor the host's own loopback services answer;
-- processes: a new PID namespace with its own /proc (``--pid --fork --mount-proc``), so the
-  run cannot see the worker's processes or read their environments, and killing the run
-  kills everything it started (``--kill-child``);
-- limits: address space, CPU seconds, file size, core dumps and, for a non-root user, the
-  process count, set by a small trampoline that then execs the command;
-- environment: a short allowlist, and names that look like secrets never pass;
-- files: a private HOME and TMPDIR, removed afterwards; ``workspace`` gives the
-  throwaway working copy.
+- files: a read-only minimal system (``/usr`` and the ``/bin``, ``/lib`` links, the few
+  ``/etc`` files the loader, time zones and TLS need, and generated ``passwd``, ``group``
+  and ``hosts``), the interpreter's prefixes read-only (a venv's and its base
+  installation's, so site-packages cannot be changed), a private size-bounded ``/tmp``
+  holding HOME, and the throwaway working copy as the only writable host directory. The
+  worker's home, its checkout, the App key and the rest of ``/etc`` are not there at all;
+- network: ``--unshare-all`` gives a new network namespace whose loopback is its own, so
+  neither the internet nor the host's loopback services (Redis, the model server) answer;
+- processes: a new PID namespace with its own /proc, ``--die-with-parent`` and
+  ``--new-session``; killing the run kills everything it started;
+- user: uid and gid 65534 inside a new user namespace with no capabilities, and no
+  further user namespaces (``--disable-userns``);
+- limits: address space, CPU seconds, file size, core dumps and, for a non-root worker,
+  the process count, set by a small trampoline inside the sandbox that then execs the
+  command;
+- environment: ``--clearenv``, then a short allowlist; names that look like secrets never
+  pass.
 
-When no namespace can be made, the command still runs under the other limits and the
-result says plainly that it was not isolated.
+Where bubblewrap is missing or cannot build that view (no unprivileged user namespaces, a
+container's seccomp or AppArmor profile refusing them), nothing runs: ``run`` raises
+SandboxError saying what failed and how to fix it. The check is made once per process,
+by starting Python in the same view, and cached.
 
 The limits are set by a trampoline process rather than ``preexec_fn``: ``preexec_fn``
 runs Python between fork and exec, which the subprocess documentation calls unsafe in a
@@ -26,7 +35,6 @@ https://docs.python.org/3/library/subprocess.html#subprocess.Popen
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -38,6 +46,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,38 +66,86 @@ SECRET_NAME = re.compile(
     re.IGNORECASE,
 )
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+# The run's own /tmp: a fresh tmpfs inside the sandbox, never the host's.
+PRIVATE_TMP = "/tmp"  # noqa: S108
+HOME = f"{PRIVATE_TMP}/home"
 FIXED_ENV = {
     "PYTHONDONTWRITEBYTECODE": "1",
     "PYTHONNOUSERSITE": "1",
     "MALLOC_ARENA_MAX": "2",  # glibc reserves 64 MB of address space per arena otherwise
+    "HOME": HOME,
+    "TMPDIR": PRIVATE_TMP,
+    "TEMP": PRIVATE_TMP,
+    "TMP": PRIVATE_TMP,
 }
 OUTPUT_LIMIT = 64_000  # characters kept of stdout and of stderr (head and tail)
 FILE_LIMIT_MB = 64
 PROCESS_ALLOWANCE = 64  # processes the run may add to its user's count
 PROBE_TIMEOUT_S = 10.0
+NOBODY = 65534  # the uid and gid inside the sandbox
+TMP_SIZE_MB = 256  # the private /tmp lives in memory
 
-# The namespace sets tried in order; the first that works on this host is used.
-NAMESPACES: tuple[tuple[tuple[str, ...], str], ...] = (
-    (
-        ("--net", "--pid", "--fork", "--kill-child", "--mount-proc"),
-        "new network and PID namespaces",
-    ),
-    (
-        ("--map-root-user", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"),
-        "new user, network and PID namespaces",
-    ),
-    (
-        ("--net",),
-        "a new network namespace; no PID namespace, so detached processes may outlive the run",
-    ),
-    (
-        ("--map-root-user", "--net"),
-        "new user and network namespaces; no PID namespace, so detached processes may outlive the run",
-    ),
+# The namespaces and process rules of every run (bwrap(1)).
+FLAGS = (
+    "--unshare-all",
+    "--unshare-user",  # --unshare-all only tries; --uid needs it
+    "--disable-userns",
+    "--uid",
+    str(NOBODY),
+    "--gid",
+    str(NOBODY),
+    "--hostname",
+    "sandbox",
+    "--die-with-parent",
+    "--new-session",
+    "--clearenv",
 )
-NOT_ISOLATED = (
-    "not isolated: no network namespace could be made on this host ({why}), so the "
-    "tests ran with the host's network reachable"
+# The run's own /dev and size-bounded /tmp (with HOME in it), before the working copy.
+PRIVATE_MOUNTS = (
+    *("--dev", "/dev"),
+    *("--size", str(TMP_SIZE_MB * 2**20), "--tmpfs", PRIVATE_TMP),
+    *("--perms", "0700", "--dir", HOME),
+)
+# Host directories shown read-only (symlinks such as a merged /usr's /bin stay symlinks).
+SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# /etc entries the loader, Python's time zones and TLS read; never the whole of /etc.
+ETC = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "timezone",
+    "nsswitch.conf",
+    "alternatives",
+    "mime.types",
+    "ssl/certs",
+    "ssl/openssl.cnf",
+    "ca-certificates",
+    "pki/tls/certs",
+    "pki/ca-trust/extracted",
+)
+# Generated in place of the host's files: the sandbox's one user and its loopback names.
+GENERATED = {
+    "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+    f"nobody:x:{NOBODY}:{NOBODY}:nobody:{HOME}:/usr/sbin/nologin\n",
+    "group": f"root:x:0:\nnogroup:x:{NOBODY}:\n",
+    "hosts": "127.0.0.1 localhost\n::1 localhost\n",
+}
+
+INSTALLED = "bubblewrap (bwrap) is not installed on this worker"
+BROKEN = "bubblewrap is installed but could not start a sandbox on this worker"
+FIX = (
+    "install bubblewrap (apt-get install bubblewrap) and allow unprivileged user "
+    "namespaces (sysctl user.max_user_namespaces above 0, and on Debian and Ubuntu "
+    "kernel.unprivileged_userns_clone=1 and an AppArmor profile that permits bwrap); in a "
+    "container, run with a seccomp and AppArmor profile that allow unshare and mount"
+)
+REFUSED = "refusing to run generated tests: {why} ({detail}); {fix}"
+NOTE = f"isolated: bubblewrap, uid {NOBODY}, no network, read-only system"
+NO_PROC = ", no /proc (this host refuses a new procfs)"
+ROOT_NOTE = (
+    "; the worker runs as root, so the run keeps host uid 0 without capabilities: "
+    "run workers as an unprivileged user"
 )
 
 TRAMPOLINE = """\
@@ -107,7 +164,6 @@ class SandboxResult:
     stdout: str
     stderr: str
     timed_out: bool
-    isolated: bool
     isolation_note: str
     duration_s: float = 0.0
     truncated: bool = False
@@ -120,42 +176,154 @@ class SandboxResult:
 
 @dataclass(frozen=True)
 class Isolation:
-    """Say how runs are isolated here: the command prefix and a note for people."""
+    """Say whether runs can be contained here: the bwrap binary, or why not.
 
-    prefix: tuple[str, ...]
+    ``note`` is safe to show on a pull request; ``detail`` (bwrap's own words, which may
+    name host paths) is for the worker's log and the ledger.
+    """
+
+    binary: str
     isolated: bool
     note: str
+    detail: str = ""
+    proc: bool = True
+
+    @property
+    def refusal(self) -> str:
+        """Say, for an operator, why nothing runs here and how to fix it."""
+        return REFUSED.format(why=self.note, detail=self.detail or "no detail", fix=FIX)
 
 
-def probe(unshare: str | None) -> Isolation:
-    """Find the strongest namespace set ``unshare`` can make here; none when it is None."""
-    true = shutil.which("true") or "/bin/true"
-    if unshare is None:
-        return Isolation((), False, NOT_ISOLATED.format(why="the unshare tool is not installed"))
-    errors: list[str] = []
-    for flags, what in NAMESPACES:
+def probe(binary: str | None) -> Isolation:
+    """Tell whether ``binary`` (bwrap) can run Python in the sandbox's view on this host.
+
+    The view with its own /proc comes first; where a new procfs is refused (a container's
+    masked /proc does that), the same view without any /proc.
+    """
+    if binary is None or not os.access(binary, os.X_OK):
+        return Isolation(binary or "", False, INSTALLED, f"no executable {binary or 'bwrap'}")
+    said = ""
+    for proc in (True, False):
+        said = _try(binary, proc)
+        if not said:
+            note = NOTE + ("" if proc else NO_PROC) + (ROOT_NOTE if os.geteuid() == 0 else "")
+            return Isolation(binary, True, note, proc=proc)
+    return Isolation(binary, False, BROKEN, said)
+
+
+def _try(binary: str, proc: bool) -> str:
+    """Start Python in the view once; return what went wrong, or "" when it ran."""
+    with workspace() as empty, tempfile.TemporaryDirectory(prefix="cibot-probe-") as scratch:
+        argv = view(
+            binary, cwd=empty, variables={"PATH": BASE_PATH}, scratch=Path(scratch), proc=proc
+        )
         try:
             done = subprocess.run(
-                [unshare, *flags, true],
+                [*argv, sys.executable, "-I", "-S", "-c", "pass"],
                 capture_output=True,
+                stdin=subprocess.DEVNULL,
                 timeout=PROBE_TIMEOUT_S,
                 check=False,
             )
         except (OSError, subprocess.SubprocessError) as exc:
-            errors.append(f"{type(exc).__name__}")
-            continue
-        if done.returncode == 0:
-            return Isolation((unshare, *flags), True, f"isolated: {what}")
-        errors.append(done.stderr.decode("utf-8", "replace").strip()[:120] or "refused")
-    return Isolation((), False, NOT_ISOLATED.format(why="; ".join(dict.fromkeys(errors))))
+            return f"{type(exc).__name__}: {exc}"[:300]
+    if done.returncode == 0:
+        return ""
+    return done.stderr.decode("utf-8", "replace").strip()[:300] or f"exit {done.returncode}"
 
 
-@functools.cache
+_found: Isolation | None = None
+_probing = threading.Lock()
+
+
 def isolation() -> Isolation:
     """Return this host's isolation, probed on first use and cached for the process."""
-    found = probe(shutil.which("unshare"))
-    log.info("sandbox isolation probed", extra={"isolated": found.isolated, "note": found.note})
-    return found
+    global _found
+    with _probing:
+        if _found is None:
+            _found = probe(shutil.which("bwrap"))
+            level = logging.INFO if _found.isolated else logging.ERROR
+            log.log(
+                level,
+                "sandbox isolation probed",
+                extra={"isolated": _found.isolated, "note": _found.note, "detail": _found.detail},
+            )
+        return _found
+
+
+def set_isolation(found: Isolation | None) -> Isolation | None:
+    """Install the isolation runs use (None probes again); return the one it replaces."""
+    global _found
+    with _probing:
+        previous, _found = _found, found
+    return previous
+
+
+def view(
+    binary: str,
+    *,
+    cwd: Path,
+    variables: Mapping[str, str],
+    scratch: Path,
+    proc: bool = True,
+) -> list[str]:
+    """Return the bwrap command line that contains one run in ``cwd`` (the command follows).
+
+    ``proc`` mounts the PID namespace's own /proc; without it the run has no /proc at all.
+    """
+    work = os.path.abspath(cwd)
+    argv = [binary, *FLAGS, *_system(), *_etc(scratch)]
+    argv += [*(("--proc", "/proc") if proc else ()), *PRIVATE_MOUNTS, "--bind", work, work]
+    argv += _interpreter()  # after the working copy: a venv inside it stays read-only
+    argv += ["--remount-ro", "/", "--chdir", work]  # the mount points bwrap made stay put
+    for name, value in variables.items():
+        argv += ["--setenv", name, value]
+    return [*argv, "--"]
+
+
+def _system() -> list[str]:
+    """Show the system directories read-only, keeping merged-/usr symlinks as symlinks."""
+    argv: list[str] = []
+    for path in SYSTEM:
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+    return argv
+
+
+def _etc(scratch: Path) -> list[str]:
+    """Show the few /etc entries needed, and the generated passwd, group and hosts."""
+    argv: list[str] = []
+    for name in ETC:
+        argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    for name, text in GENERATED.items():
+        (scratch / name).write_text(text, encoding="utf-8")
+        argv += ["--ro-bind", str(scratch / name), f"/etc/{name}"]
+    return argv
+
+
+def _interpreter() -> list[str]:
+    """Show the interpreter's prefixes read-only: a venv's own and its base installation's."""
+    shown = [p for p in SYSTEM if os.path.isdir(p) and not os.path.islink(p)]
+    argv: list[str] = []
+    executable = os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))
+    for prefix in dict.fromkeys(
+        (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, executable)
+    ):
+        path = os.path.realpath(prefix)
+        if path == "/" or any(_within(path, other) for other in shown):
+            continue  # never the whole host; /usr is there already
+        argv += ["--ro-bind", path, path]
+        if path != os.path.abspath(prefix):
+            argv += ["--ro-bind", path, os.path.abspath(prefix)]
+        shown.append(path)
+    return argv
+
+
+def _within(path: str, folder: str) -> bool:
+    """Tell whether ``path`` is ``folder`` or inside it."""
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def run(
@@ -171,21 +339,25 @@ def run(
     processes: int = PROCESS_ALLOWANCE,
     contain: Isolation | None = None,
 ) -> SandboxResult:
-    """Run ``cmd`` in ``cwd`` without network, secrets or unbounded resources.
+    """Run ``cmd`` in ``cwd`` without network, secrets, the host's files or unbounded resources.
 
     ``env_allow`` names variables copied from the worker's environment; ``env`` sets
     values (such as PYTHONPATH). Secret-looking names never pass. Raise SandboxError for
-    a command that cannot be started; a command that fails is a result, not an error.
+    a command that cannot be started, and where this host cannot contain it (nothing
+    runs then); a command that fails is a result, not an error.
     """
     program = _check(cmd, cwd, timeout_s, memory_mb)
     how = contain if contain is not None else isolation()
+    if not how.isolated:
+        raise SandboxError(how.refusal)
+    variables = sandbox_env(env_allow, env or {})
     with tempfile.TemporaryDirectory(prefix="cibot-sandbox-") as scratch_dir:
         scratch = Path(scratch_dir)
-        variables = sandbox_env(env_allow, env or {}, scratch)
         limits = _limits(timeout_s, memory_mb, file_limit_mb, processes)
-        argv = [*how.prefix, sys.executable, "-I", "-S", "-c", TRAMPOLINE, json.dumps(limits)]
+        argv = view(how.binary, cwd=cwd, variables=variables, scratch=scratch, proc=how.proc)
+        argv += [sys.executable, "-I", "-S", "-c", TRAMPOLINE, json.dumps(limits)]
         argv += [program, *cmd[1:]]
-        returncode, timed_out, took = _spawn(argv, cwd, variables, scratch, timeout_s)
+        returncode, timed_out, took = _spawn(argv, cwd, scratch, timeout_s)
         stdout, cut_out = read_bounded(scratch / "stdout", output_limit)
         stderr, cut_err = read_bounded(scratch / "stderr", output_limit)
     return SandboxResult(
@@ -193,7 +365,6 @@ def run(
         stdout=stdout,
         stderr=stderr,
         timed_out=timed_out,
-        isolated=how.isolated,
         isolation_note=how.note,
         duration_s=took,
         truncated=cut_out or cut_err,
@@ -206,6 +377,8 @@ def _check(cmd: Sequence[str], cwd: Path, timeout_s: float, memory_mb: int) -> s
         raise SandboxError("the sandbox needs a command: a non-empty list of non-empty strings")
     if not Path(cwd).is_dir():
         raise SandboxError(f"the sandbox working directory {str(cwd)!r} is not a directory")
+    if os.path.realpath(cwd) == "/":
+        raise SandboxError("the sandbox working directory cannot be / (it would show the host)")
     if not (timeout_s > 0 and memory_mb > 0):
         raise SandboxError("the sandbox needs a positive time limit and memory limit")
     program = shutil.which(cmd[0], path=BASE_PATH) if "/" not in cmd[0] else cmd[0]
@@ -214,8 +387,8 @@ def _check(cmd: Sequence[str], cwd: Path, timeout_s: float, memory_mb: int) -> s
     return program
 
 
-def sandbox_env(allow: Sequence[str], given: Mapping[str, str], scratch: Path) -> dict[str, str]:
-    """Build the child's environment: allowlisted names, given values, private HOME and TMPDIR."""
+def sandbox_env(allow: Sequence[str], given: Mapping[str, str]) -> dict[str, str]:
+    """Build the child's environment: allowlisted names, given values, a private HOME and /tmp."""
     for name in given:
         if SECRET_NAME.search(name):
             raise SandboxError(
@@ -228,13 +401,8 @@ def sandbox_env(allow: Sequence[str], given: Mapping[str, str], scratch: Path) -
     }
     variables.setdefault("PATH", BASE_PATH)
     variables.setdefault("LANG", "C.UTF-8")
-    variables.update(FIXED_ENV)
     variables.update(given)
-    for name in ("home", "tmp"):
-        (scratch / name).mkdir()
-    variables["HOME"] = str(scratch / "home")
-    for name in ("TMPDIR", "TEMP", "TMP"):
-        variables[name] = str(scratch / "tmp")
+    variables.update(FIXED_ENV)
     return variables
 
 
@@ -267,10 +435,11 @@ def _user_processes(uid: int) -> int:
     return count
 
 
-def _spawn(
-    argv: list[str], cwd: Path, variables: dict[str, str], scratch: Path, timeout_s: float
-) -> tuple[int, bool, float]:
-    """Start the run in its own session, wait up to ``timeout_s``, then kill what is left."""
+def _spawn(argv: list[str], cwd: Path, scratch: Path, timeout_s: float) -> tuple[int, bool, float]:
+    """Start the run in its own session, wait up to ``timeout_s``, then kill what is left.
+
+    bwrap gets only PATH from us: ``--clearenv`` and ``--setenv`` give the run its own.
+    """
     started = time.monotonic()
     timed_out = False
     with (scratch / "stdout").open("wb") as out, (scratch / "stderr").open("wb") as err:
@@ -278,7 +447,7 @@ def _spawn(
             proc = subprocess.Popen(
                 argv,
                 cwd=cwd,
-                env=variables,
+                env={"PATH": BASE_PATH},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -291,10 +460,10 @@ def _spawn(
             returncode = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             timed_out = True
-            _kill_group(proc.pid)
+            _kill_group(proc.pid)  # bwrap and the namespace's init: the namespace goes too
             returncode = proc.wait()
         finally:
-            _kill_group(proc.pid)  # stragglers left in the session after a normal exit
+            _kill_group(proc.pid)
     return returncode, timed_out, time.monotonic() - started
 
 

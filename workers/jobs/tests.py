@@ -8,8 +8,13 @@ The job has the shape of ``workers.jobs.summary``:
   nothing to cover (no Python, only tests, everything already tested) gets a plain reply
   and no model call.
 - ``request`` asks for one test module; its validator runs every reply in the sandbox
-  (``workers.sandbox``): a throwaway copy of the checkout, no network, no secrets, time and
-  memory limits, with ``coverage run --branch -m pytest`` and ``coverage json``.
+  (``workers.sandbox``): a throwaway copy of the checkout as the only writable place, a
+  read-only minimal system, no network, no secrets, time and memory limits, with
+  ``coverage run --branch -m pytest`` and ``coverage json``.
+- Where the worker cannot build that sandbox (bubblewrap missing, user namespaces refused),
+  ``gather`` stops before the checkout and any model call: the sticky comment says that no
+  tests were run and what to install, and the job fails with SandboxError. Generated tests
+  never run unisolated.
 - ``render`` and ``publish`` push the passing tests as one commit on ``cibot/tests/<pr>``
   on top of the head, and upsert the ``<!-- cibot:tests -->`` comment that links it; where
   the App may not push, the comment carries the test file instead.
@@ -220,6 +225,19 @@ NOTHING_TEMPLATE = """\
 
 {marker}"""
 
+REFUSED_TEMPLATE = """\
+## 🧪 cibot tests
+
+⛔ **cibot did not run any generated tests:** {why}.
+
+Generated tests are untrusted code, so cibot runs them only in a sandbox that hides the \
+worker's files, secrets and network. To fix it, install bubblewrap on the worker \
+(`apt-get install bubblewrap`) and allow unprivileged user namespaces there (in a \
+container: a seccomp and AppArmor profile that permit them); the worker's log says what \
+failed. Then comment `/cibot tests` again.
+
+{marker}"""
+
 UNSUPPORTED = (
     "Test generation for {languages} is not supported yet: cibot writes tests for Python only."
 )
@@ -232,7 +250,6 @@ NO_FUNCTIONS = (
     "The changed Python lines are not inside public functions, so there is nothing to test."
 )
 COVERAGE_SHORT = "⚠️ The tests run {coverage} of the changed lines, under the {target} target. Not run: {missing}.\n"
-NOT_ISOLATED = "⚠️ The tests ran **without network isolation** on this worker ({note}).\n"
 OTHER_LANGUAGES = "Changes in {languages} were left out: not supported yet.\n"
 COMMIT_MESSAGE = "Add tests written by cibot for #{pr}\n\nTested against {head}."
 NO_ACCESS = {
@@ -460,8 +477,6 @@ class Round:
     output: str = ""
     coverage: float | None = None
     missing: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
-    isolated: bool = True
-    isolation_note: str = ""
     tier: str = ""
 
 
@@ -714,8 +729,6 @@ def judge(
         summary=summary,
         problems=problems,
         output=text[-FEEDBACK_CHARS:],
-        isolated=ran.isolated,
-        isolation_note=ran.isolation_note,
         tier=tier,
     )
     if not ran.ok or report is None:
@@ -798,6 +811,7 @@ def gather(github: GitHubPort, ref: JobRef, policy: Policy) -> Gathered:
     evidence = _evidence(github, ref, diff, pull)
     sources = [f for f in python_sources(evidence.files) if not is_test_file(f.path)]
     _stop_if(github, ref, _nothing_to_do(evidence, sources))
+    _require_sandbox(github, ref)
     session = _session(github, ref, pull, sources, evidence, policy)
     session.other_languages = tuple(languages_of(evidence.files))
     _stop_if(github, ref, _nothing_left(session))
@@ -812,6 +826,16 @@ def _stop_if(github: GitHubPort, ref: JobRef, nothing: str | None) -> None:
         raise NothingToDo(
             f"no tests to write for {ref.repo}#{ref.pr_number}: {nothing}", posted=True
         )
+
+
+def _require_sandbox(github: GitHubPort, ref: JobRef) -> None:
+    """Refuse the job, saying so on the PR, where this worker cannot contain generated tests."""
+    found = sandbox.isolation()
+    if found.isolated:
+        return
+    body = REFUSED_TEMPLATE.format(why=found.note, marker=MARKER)
+    github.upsert_comment(ref.repo, _number(ref), marker=MARKER, body=body)
+    raise SandboxError(found.refusal)
 
 
 def _evidence(github: GitHubPort, ref: JobRef, diff: str, pull: Any) -> Evidence:
@@ -1022,7 +1046,7 @@ def _notes(data: Any) -> str:
 
 
 def _warnings(session: Session, done: Round) -> str:
-    """Render the coverage, isolation and language warnings."""
+    """Render the coverage and language warnings."""
     parts = []
     if session.short(done):
         parts.append(
@@ -1032,8 +1056,6 @@ def _warnings(session: Session, done: Round) -> str:
                 missing=cell(missing_text(done.missing), 300),
             )
         )
-    if not done.isolated:
-        parts.append(NOT_ISOLATED.format(note=cell(done.isolation_note, 200)))
     if session.other_languages:
         parts.append(OTHER_LANGUAGES.format(languages=", ".join(session.other_languages)))
     return ("\n" + "".join(parts)) if parts else ""
