@@ -18,10 +18,11 @@ COPY policies ./policies
 RUN /opt/cibot/bin/pip install --no-deps . && /opt/cibot/bin/cibot --help > /dev/null
 
 FROM ${PYTHON_IMAGE}
-# git: the tests job fetches the PR's head commit; unshare (util-linux) is already in
-# the base image for the sandbox's namespaces.
+# git: the tests job fetches the PR's head commit. bubblewrap: generated tests run only
+# inside bwrap (workers/sandbox.py), which needs unprivileged user namespaces from the
+# container runtime (compose.yaml and deploy/kubernetes say how).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git \
+ && apt-get install -y --no-install-recommends git bubblewrap \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 cibot \
  && useradd --system --uid 10001 --gid cibot --home-dir /var/lib/cibot --create-home \

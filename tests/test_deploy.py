@@ -28,6 +28,7 @@ WORKERS = {f"worker-{queue}": queue for queue in QUEUES}
 REQUIRED = {"redis", "postgres", "serve", *WORKERS, "flower", "prometheus", "grafana"}
 SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|API_KEY|PRIVATE_KEY$|BASIC_AUTH", re.I)
 REFERENCE = re.compile(r"^\$\{[A-Z0-9_]+(:?[-?][^}]*)?\}$")
+IMAGE_UID = "10001"  # the Dockerfile's cibot user
 URL_PASSWORD = re.compile(r"://[^:/@\s]+:([^@\s]+)@")
 
 
@@ -99,6 +100,20 @@ def test_each_worker_is_a_plain_celery_worker_sized_as_the_policy_plans(
         assert env["CIBOT_WORKER_METRICS_HOST"] == "0.0.0.0"
         assert "9808" in [str(port) for port in services[name]["expose"]]
     assert "PROMETHEUS_MULTIPROC_DIR" in services["worker-sandbox"]["environment"]
+
+
+def test_cibot_services_run_as_the_image_user_and_workers_may_build_the_sandbox(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """UID 10001, never root; workers get no capabilities but may make user namespaces."""
+    for name in ("serve", *WORKERS):
+        uid, _, gid = str(services[name]["user"]).partition(":")
+        assert uid == gid == IMAGE_UID, f"{name} runs as {services[name]['user']}"
+    for name in WORKERS:
+        options = services[name]["security_opt"]
+        assert "no-new-privileges:true" in options, name
+        assert "seccomp=unconfined" in options and "apparmor=unconfined" in options, name
+        assert services[name]["cap_drop"] == ["ALL"], name
 
 
 def test_services_read_the_documented_settings(services: dict[str, dict[str, Any]]) -> None:
@@ -269,9 +284,13 @@ def test_the_dockerfile_installs_the_hash_pinned_lock_and_runs_as_non_root() -> 
     text = "\n".join(lines)
     assert "pip install --require-hashes -r requirements.lock" in text
     assert "pip install --no-deps ." in text
+    final = "\n".join(lines[stages[-1] :])
     users = [line.split()[1] for line in lines[stages[-1] :] if line.startswith("USER ")]
     assert users, "the final stage sets no USER"
-    assert users[-1].split(":")[0] not in ("root", "0")
+    assert users[-1] == f"{IMAGE_UID}:{IMAGE_UID}"
+    assert f"useradd --system --uid {IMAGE_UID}" in final
+    install = next(line for line in lines[stages[-1] :] if "apt-get install" in line)
+    assert "bubblewrap" in install.split(), "the image lacks bwrap, so no test could run"
     assert "COPY . " not in text  # only what the image installs goes in
     ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
     for pattern in (".git", ".venv", ".env", "secrets", "*.pem", "tests"):
@@ -289,8 +308,15 @@ def test_the_kubernetes_example_runs_one_deployment_per_queue_without_secret_val
     policy = load_policy()
     for queue in QUEUES:
         spec = deployments[f"cibot-worker-{queue}"]["spec"]["template"]["spec"]
-        assert spec["securityContext"]["runAsNonRoot"] is True
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] == int(IMAGE_UID) != 0
         (container,) = spec["containers"]
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"]["drop"] == ["ALL"]
+        # bwrap's user namespace and mounts: the default profiles refuse them.
+        assert context["seccompProfile"]["type"] in ("Unconfined", "Localhost")
+        assert context["appArmorProfile"]["type"] in ("Unconfined", "Localhost")
         argv = container["command"]
         assert argv[:3] == ["celery", "-A", "workers.celery_app"]
         assert option(argv, "-Q") == queue
@@ -315,6 +341,10 @@ def test_the_systemd_units_never_loop_on_a_configuration_error() -> None:
     for text in (unit, serve):
         assert "RestartPreventExitStatus=2" in text and "User=cibot" in text
     assert "celery -A workers.celery_app --quiet worker -Q %i" in unit
+    assert "User=root" not in unit and "NoNewPrivileges=yes" in unit
+    # bwrap makes an unprivileged user namespace: a unit that forbids them runs no tests.
+    settings = [line.split("=", 1)[0] for line in unit.splitlines() if "=" in line]
+    assert "RestrictNamespaces" not in settings and "PrivateUsers" not in settings
     policy = load_policy()
     ports = set()
     for queue in QUEUES:
