@@ -18,6 +18,10 @@ from urllib.parse import parse_qs
 
 from bot.errors import PayloadError, PayloadTooLarge, SignatureError
 
+# GitHub's ids and numbers are positive and fit a signed 64-bit integer (the ledger's
+# INTEGER); anything larger is refused at the edge instead of failing a worker later.
+MAX_ID = 2**63 - 1
+
 # GitHub caps payloads at 25 MB and drops bigger ones itself; we refuse them too.
 # https://docs.github.com/en/webhooks/webhook-events-and-payloads#payload-cap
 MAX_BODY_BYTES = 25 * 1024 * 1024
@@ -73,7 +77,7 @@ class Event:
         installation = self.payload.get("installation")
         if isinstance(installation, Mapping):
             value = installation.get("id")
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID:
                 return value
         return None
 
@@ -110,6 +114,11 @@ class Event:
         value = self.get(path)
         if not isinstance(value, int) or isinstance(value, bool):
             raise PayloadError(f"{self.name} payload field '{path}' must be an integer")
+        if not 0 < value <= MAX_ID:
+            raise PayloadError(
+                f"{self.name} payload field '{path}' is {str(value)[:24]}: GitHub's ids and "
+                "numbers are positive 64-bit integers"
+            )
         return value
 
     def bool_at(self, path: str, default: bool = False) -> bool:

@@ -338,6 +338,27 @@ def test_malformed_json_or_missing_headers_get_400(
     assert queued(redis_url) == []
 
 
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("pull_request", "number"), 10**30),
+        (("pull_request", "number"), 0),
+        (("pull_request", "number"), -4),
+        (("pull_request", "number"), 2**63),
+    ],
+)
+def test_identifiers_out_of_range_get_400_and_queue_nothing(
+    client: httpx.Client, redis_url: str, path: tuple[str, str], value: int
+) -> None:
+    """A signed delivery with a PR number no GitHub PR has is refused at the edge."""
+    payload = fixture("pull_request.opened")
+    payload[path[0]][path[1]] = value
+    body = json.dumps(payload).encode()
+    response = post(client, body, headers_for(body, event="pull_request", delivery=f"id-{value}"))
+    assert (response.status_code, response.json()["status"]) == (400, "bad_request"), response.text
+    assert queued(redis_url) == []
+
+
 def test_a_signed_payload_of_the_wrong_shape_gets_400(client: httpx.Client) -> None:
     payload = fixture("pull_request.opened")
     payload["pull_request"]["head"] = "not an object"

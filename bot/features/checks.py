@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bot.events import Context, Router, installation_of
-from bot.webhooks import Event
+from bot.webhooks import MAX_ID, Event
 from workers.job import JobRef
 
 router = Router()
@@ -25,7 +25,7 @@ def _ci_jobs(event: Event, source: str, **args: str | int) -> list[JobRef]:
         if not isinstance(pull, Mapping) or _head_sha(pull) != head_sha:
             continue
         number = pull.get("number")
-        if not isinstance(number, int) or isinstance(number, bool):
+        if not isinstance(number, int) or isinstance(number, bool) or not 0 < number <= MAX_ID:
             continue
         jobs.append(
             JobRef(
