@@ -347,10 +347,10 @@ def run(
     runs then); a command that fails is a result, not an error.
     """
     program = _check(cmd, cwd, timeout_s, memory_mb)
+    variables = sandbox_env(env_allow, env or {})  # a caller's mistake is named first
     how = contain if contain is not None else isolation()
     if not how.isolated:
         raise SandboxError(how.refusal)
-    variables = sandbox_env(env_allow, env or {})
     with tempfile.TemporaryDirectory(prefix="cibot-sandbox-") as scratch_dir:
         scratch = Path(scratch_dir)
         limits = _limits(timeout_s, memory_mb, file_limit_mb, processes)
