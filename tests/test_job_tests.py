@@ -108,7 +108,7 @@ def build_project(root: Path, *, head_tree: Path | None = None) -> Project:
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Iterator[Project]:
+def any_project(tmp_path: Path) -> Iterator[Project]:
     """Build the project and point the job's checkout at its bare repository."""
     built = build_project(tmp_path / "project")
 
@@ -118,6 +118,13 @@ def project(tmp_path: Path) -> Iterator[Project]:
     previous = job.set_checkout(checkout)
     yield built
     job.set_checkout(previous)
+
+
+@pytest.fixture
+def project(any_project: Project) -> Project:
+    """Give the project to a test that runs generated tests: it skips where bwrap cannot."""
+    needs_sandbox()
+    return any_project
 
 
 def open_pr(world: World, project: Project, number: int = PR, **fields: Any) -> JobRef:
@@ -285,12 +292,12 @@ def test_a_hostile_test_cannot_read_the_app_key_or_change_site_packages(
 
 
 def test_a_worker_that_cannot_sandbox_refuses_and_says_how_to_fix_it(
-    world: World, project: Project
+    world: World, any_project: Project
 ) -> None:
-    """No bubblewrap: no checkout run, no model call, a plain refusal on the PR and in the ledger."""
+    """No bubblewrap: no model call, no branch, a plain refusal on the PR and in the ledger."""
     previous = sandbox.set_isolation(sandbox.probe("/nonexistent/bwrap"))
     try:
-        ref = open_pr(world, project)
+        ref = open_pr(world, any_project)
         with pytest.raises(SandboxError, match="refusing to run generated tests") as raised:
             pipeline.dispatch(ref, world.rt)
         pipeline.fail(ref, world.rt, raised.value)

@@ -12,7 +12,7 @@ The job has the shape of ``workers.jobs.summary``:
   read-only minimal system, no network, no secrets, time and memory limits, with
   ``coverage run --branch -m pytest`` and ``coverage json``.
 - Where the worker cannot build that sandbox (bubblewrap missing, user namespaces refused),
-  ``gather`` stops before the checkout and any model call: the sticky comment says that no
+  ``gather`` stops before any model call: the sticky comment says that no
   tests were run and what to install, and the job fails with SandboxError. Generated tests
   never run unisolated.
 - ``render`` and ``publish`` push the passing tests as one commit on ``cibot/tests/<pr>``
@@ -811,10 +811,10 @@ def gather(github: GitHubPort, ref: JobRef, policy: Policy) -> Gathered:
     evidence = _evidence(github, ref, diff, pull)
     sources = [f for f in python_sources(evidence.files) if not is_test_file(f.path)]
     _stop_if(github, ref, _nothing_to_do(evidence, sources))
-    _require_sandbox(github, ref)
     session = _session(github, ref, pull, sources, evidence, policy)
     session.other_languages = tuple(languages_of(evidence.files))
     _stop_if(github, ref, _nothing_left(session))
+    _require_sandbox(github, ref, session)
     extra = {"session": session, "head_sha": pull.head_sha}
     return Gathered(pull=pull, diff=diff, evidence=evidence, policy=policy, extra=extra)
 
@@ -828,11 +828,12 @@ def _stop_if(github: GitHubPort, ref: JobRef, nothing: str | None) -> None:
         )
 
 
-def _require_sandbox(github: GitHubPort, ref: JobRef) -> None:
+def _require_sandbox(github: GitHubPort, ref: JobRef, session: Session) -> None:
     """Refuse the job, saying so on the PR, where this worker cannot contain generated tests."""
     found = sandbox.isolation()
     if found.isolated:
         return
+    session.close()
     body = REFUSED_TEMPLATE.format(why=found.note, marker=MARKER)
     github.upsert_comment(ref.repo, _number(ref), marker=MARKER, body=body)
     raise SandboxError(found.refusal)
