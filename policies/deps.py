@@ -1154,6 +1154,23 @@ def _covers(lock: str, manifest: str) -> bool:
     return not folder or inner == folder or inner.startswith(folder + "/")
 
 
+def bump_sites(files: Iterable[FileChange]) -> Iterator[Bump]:
+    """Yield every file's bumps that no covering lock resolves, one per file and package.
+
+    Unlike ``bumps``, a package moved the same way in two manifests is yielded for each, so
+    a caller can say every place a package moves; a manifest's range still yields to a lock
+    file's resolved versions for the same package when the lock's folder holds the manifest.
+    """
+    found = [f for change in files for f in _cached_bumps(change)]
+    by_package: dict[tuple[str, str], list[_Found]] = {}
+    for item in found:
+        by_package.setdefault((item.bump.ecosystem, item.bump.name), []).append(item)
+    for item in found:
+        rivals = by_package[(item.bump.ecosystem, item.bump.name)]
+        if not any(r.rank > item.rank and _covers(r.bump.path, item.bump.path) for r in rivals):
+            yield item.bump
+
+
 def bumps(files: Iterable[FileChange]) -> Iterator[Bump]:
     """Yield every dependency whose version the diff changes, resolved versions preferred.
 
@@ -1161,16 +1178,8 @@ def bumps(files: Iterable[FileChange]) -> Iterator[Bump]:
     the lock's folder holds the manifest; one package moved the same way in several files
     is yielded once.
     """
-    found = [f for change in files for f in _cached_bumps(change)]
-    by_package: dict[tuple[str, str], list[_Found]] = {}
-    for item in found:
-        by_package.setdefault((item.bump.ecosystem, item.bump.name), []).append(item)
     seen: set[tuple[str, str, str, str]] = set()
-    for item in found:
-        bump = item.bump
-        rivals = by_package[(bump.ecosystem, bump.name)]
-        if any(r.rank > item.rank and _covers(r.bump.path, bump.path) for r in rivals):
-            continue
+    for bump in bump_sites(files):
         key = (bump.ecosystem, bump.name, bump.old, bump.new)
         if key not in seen:
             seen.add(key)

@@ -953,3 +953,34 @@ def test_a_50000_line_lock_file_diff_is_read_whole() -> None:
     breaking = sum(b.breaking for b in found)
     assert len(found) == 5000 and breaking == 5000
     assert found[1].name == "pkg-1" and found[1].old == "1.1.0"  # a name ending in a digit
+
+
+def test_bump_sites_names_every_manifest_a_package_moves_in() -> None:
+    """Two services' locks move pino: bumps merges equal moves, bump_sites keeps each file."""
+    lock = '    "node_modules/pino": {{\n-      "version": "{old}",\n+      "version": "9.0.0",\n'
+    diff = "".join(
+        f"diff --git a/{folder}/package-lock.json b/{folder}/package-lock.json\n"
+        f"--- a/{folder}/package-lock.json\n+++ b/{folder}/package-lock.json\n"
+        "@@ -1,2 +1,2 @@\n" + lock.format(old=old)
+        for folder, old in (("api", "8.1.0"), ("web", "8.1.0"), ("jobs", "8.2.0"))
+    )
+    root = (
+        "diff --git a/package.json b/package.json\n--- a/package.json\n+++ b/package.json\n"
+        '@@ -1,2 +1,2 @@\n   "dependencies": {\n-    "pino": "^8.0.0"\n+    "pino": "^9.0.0"\n'
+        "diff --git a/package-lock.json b/package-lock.json\n"
+        "--- a/package-lock.json\n+++ b/package-lock.json\n"
+        "@@ -1,2 +1,2 @@\n" + lock.format(old="8.3.0")
+    )
+    files = parse_diff(diff + root)
+    sites = [(b.path, b.old, b.new) for b in deps.bump_sites(files)]
+    assert sites == [
+        ("api/package-lock.json", "8.1.0", "9.0.0"),
+        ("web/package-lock.json", "8.1.0", "9.0.0"),
+        ("jobs/package-lock.json", "8.2.0", "9.0.0"),
+        ("package-lock.json", "8.3.0", "9.0.0"),  # the root lock resolves package.json's range
+    ]
+    assert [(b.path, b.old) for b in deps.bumps(files)] == [
+        ("api/package-lock.json", "8.1.0"),
+        ("jobs/package-lock.json", "8.2.0"),
+        ("package-lock.json", "8.3.0"),
+    ]
