@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import html
 import re
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -53,7 +52,8 @@ DEFINITION = re.compile(
     r"^((?:[ \t>]|[-*+][ \t]|\d{1,9}[.)][ \t])*)\[([^\[\]\n]{1,999})\]:[ \t]*(\S*)[^\n]*$",
     re.MULTILINE,
 )
-BARE_URL = re.compile(r"(?:https?(?::|&#0*58;|&#x0*3a;|&colon;)//|www\.)[^\s<>\"'`]*", re.I)
+_SCHEME_START = r"(?:https?(?::|&#0*58;|&#x0*3a;|&colon;)//|www\.)"
+BARE_URL = re.compile(rf"{_SCHEME_START}(?:(?!{_SCHEME_START})[^\s<>\"'`])*", re.IGNORECASE)
 JAVASCRIPT = re.compile(r"javascript:", re.IGNORECASE)
 HOST = re.compile(r"^[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?$")
 SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*):", re.IGNORECASE)
@@ -79,8 +79,9 @@ class Sanitized:
 
 @dataclass
 class _Counts:
-    """Running totals while cleaning one body."""
+    """Running totals while cleaning one body, and the labels its images use."""
 
+    image_labels: frozenset[str] = frozenset()
     images: int = 0
     links: int = 0
     html: int = 0
@@ -92,6 +93,7 @@ def sanitize(markdown: str, *, allowed_hosts: frozenset[str] = frozenset()) -> S
     text = markdown.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
     allowed = _hosts(allowed_hosts)
     for _ in range(MAX_PASSES):
+        counts.image_labels = _image_labels(text)
         cleaned = "".join(
             _clean_piece(piece, is_code, allowed, counts) for piece, is_code in _split(text)
         )
@@ -273,7 +275,7 @@ def _autolinks(text: str, allowed: frozenset[str], counts: _Counts) -> str:
 
 def _definitions(text: str, allowed: frozenset[str], counts: _Counts) -> str:
     """Drop reference definitions that point off the allowlist or that an image uses."""
-    image_labels = {_label(m.group(2) or m.group(1)) for m in REF_IMAGE.finditer(text)}
+    image_labels = counts.image_labels
 
     def one(match: re.Match[str]) -> str:
         label = _label(match.group(2))
@@ -349,6 +351,11 @@ def _defang(text: str, allowed: frozenset[str], counts: _Counts) -> str:
     return JAVASCRIPT.sub("javascript&#58;", text)
 
 
+def _image_labels(text: str) -> frozenset[str]:
+    """Return the reference labels that images in ``text`` use (their definitions go too)."""
+    return frozenset(_label(m.group(2) or m.group(1)) for m in REF_IMAGE.finditer(text))
+
+
 def _label(label: str) -> str:
     """Normalise a reference label as CommonMark matches it: case- and space-insensitive."""
     return " ".join(label.split()).casefold()
@@ -364,7 +371,10 @@ def _allowed_url(raw: str, allowed: frozenset[str], *, relative: bool) -> bool:
         return relative and not url.lower().startswith(("javascript", "data", "vbscript"))
     if scheme is not None and scheme.group(1).lower() not in ("http", "https"):
         return False
-    return _allowed_host(urllib.parse.urlsplit(url if scheme else "https:" + url).netloc, allowed)
+    rest = url[scheme.end() :] if scheme else url
+    if not rest.startswith("//"):
+        return False  # "http:evil.example" has no host GitHub would keep on its own pages
+    return _allowed_host(re.split(r"[/?#]", rest[2:], maxsplit=1)[0], allowed)
 
 
 def _allowed_host(netloc: str, allowed: frozenset[str]) -> bool:
