@@ -77,6 +77,7 @@ def test_images_are_removed(body: str, gone: str) -> None:
         ("read [x](https://github.com.evil.example/) first", "read x first"),
         ("read [x](http&#58;//evil.example/) first", "read x first"),
         ("read [x](javascript:alert(1)) first", "read x first"),
+        ("read [`x`](http://evil.example/) first", "read [`x`] first"),
         ("read [x][r] first\n\n[r]: http://evil.example/\n", "read [x][r] first\n\n\n"),
     ],
 )
@@ -94,6 +95,7 @@ def test_links_off_the_allowlist_keep_only_their_text(body: str, expected: str) 
         "See https://gist.github.com/acme/1 and https://raw.githubusercontent.com/a/b/c.",
         "See [the ticket](https://ghe.example.com/acme/widget/issues/2).",
         "See [the file](app/handler.py#L3) and [the top](#summary).",
+        f"Pushed [`cibot/tests-7`]({REPO_URL}/compare/main...cibot/tests-7) as commit `abc`.",
         "See [the PR][pr].\n\n[pr]: https://github.com/acme/widget/pull/7\n",
     ],
 )

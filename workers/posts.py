@@ -1,4 +1,4 @@
-"""Make model-written post bodies safe to publish: no images, foreign links, raw HTML or risky suggestions.
+"""Make model-written post bodies safe to publish: no images, foreign links or raw HTML.
 
 Model output is untrusted: a pull request can carry a prompt injection that steers the model
 into writing a tracking image, a link to the attacker's host, raw HTML, or a one-click
@@ -41,12 +41,13 @@ PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 IMG_TAG = re.compile(r"<img\b[^>]*>?", re.IGNORECASE)
 AUTOLINK = re.compile(r"<([A-Za-z][A-Za-z0-9+.-]{1,31}:[^\s<>`]*)>")
-KEPT_TAG = re.compile(r"<(/?)(details|summary|sub)((?:\s[^<>]*)?)/?>", re.IGNORECASE)
+KEPT_TAG = re.compile(rf"<(/?)({'|'.join(KEPT_TAGS)})((?:\s[^<>]*)?)/?>", re.IGNORECASE)
 TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
 _TEXT = r"(?:[^\[\]\\\n]|\\.|\[[^\[\]\n]*\])*"
 _DEST = r"<[^<>\n]*>|(?:[^\s()\\]|\\.|\((?:[^\s()\\]|\\.)*\))*"
 _TITLE = r"\"[^\"]*\"|'[^']*'|\([^()]*\)"
-INLINE = re.compile(rf"(!?)\[({_TEXT})\]\(\s*({_DEST})(?:\s+(?:{_TITLE}))?\s*\)|\]\(")
+_TAIL = rf"\(\s*({_DEST})(?:\s+(?:{_TITLE}))?\s*\)"
+INLINE = re.compile(rf"(!?)\[({_TEXT})\]{_TAIL}|\]{_TAIL}|\]\(")
 REF_IMAGE = re.compile(rf"!\[({_TEXT})\](?:\[([^\[\]\n]*)\])?")
 DEFINITION = re.compile(
     r"^((?:[ \t>]|[-*+][ \t]|\d{1,9}[.)][ \t])*)\[([^\[\]\n]{1,999})\]:[ \t]*(\S*)[^\n]*$",
@@ -72,9 +73,8 @@ class Sanitized:
 
     def removed(self) -> dict[str, int]:
         """Return the non-zero counts by kind, for a log line."""
-        counts = {"images": self.images, "links": self.links, "html": self.html}
-        counts["suggestions"] = self.suggestions
-        return {kind: n for kind, n in counts.items() if n}
+        kinds = ("images", "links", "html", "suggestions")
+        return {kind: getattr(self, kind) for kind in kinds if getattr(self, kind)}
 
 
 @dataclass
@@ -293,17 +293,27 @@ def _inline_links(text: str, allowed: frozenset[str], counts: _Counts) -> str:
     """Remove inline images; keep allowed links and unwrap the others to their text."""
 
     def one(match: re.Match[str]) -> str:
-        if match.group(2) is None and match.group(3) is None:
-            return "]\\("  # a ]( that is no link this scanner can check: make it plain text
-        if match.group(1):
-            counts.images += 1
-            return ""
-        if _allowed_url(match.group(3), allowed, relative=True):
-            return match.group()
+        if match.group(3) is not None:
+            return _inline_link(match, allowed, counts)
+        if match.group(4) is None:
+            return "]\\("  # a ]( whose target this scanner cannot read: make it plain text
+        if _allowed_url(match.group(4), allowed, relative=True):
+            return match.group()  # the tail of a link whose text holds a code span
         counts.links += 1
-        return match.group(2)
+        return "]"
 
     return INLINE.sub(one, text)
+
+
+def _inline_link(match: re.Match[str], allowed: frozenset[str], counts: _Counts) -> str:
+    """Drop an inline image; keep a link on an allowed host, or unwrap it to its text."""
+    if match.group(1):
+        counts.images += 1
+        return ""
+    if _allowed_url(match.group(3), allowed, relative=True):
+        return match.group()
+    counts.links += 1
+    return match.group(2)
 
 
 def _reference_images(text: str, allowed: frozenset[str], counts: _Counts) -> str:
