@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol, cast
 
-from bot.errors import CibotError
+from bot.errors import InputError, describe
+
+log = logging.getLogger("cibot.cli")
 
 # Each subcommand lives in its own module, imported only when it runs, so that
 # `cibot route` does not pay for Celery, Starlette or litellm imports.
@@ -22,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ci": ("bot.actions", "Run one task inline, as a GitHub Actions step."),
     "eval": ("bot.evaluate", "Score the router on labelled cases: recall and false escalation."),
     "services": ("bot.services_cli", "Print the service map inferred from a checkout."),
+    "capacity": ("bot.capacity_cli", "Size a model on H200s, or check private tiers' rungs."),
 }
 
 
@@ -58,12 +62,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-class CliError(CibotError):
+class CliError(InputError):
     """Report bad command-line input; printed as one line, exit code 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse arguments, run the subcommand, and turn cibot errors into one-line messages."""
+    """Parse arguments, run the subcommand, and turn any error into a one-line message.
+
+    The line says what failed and what to do; the exit code is 2 for bad input or
+    configuration and 1 for work that failed. The traceback goes to the debug log only.
+    """
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if a in SUBCOMMANDS), None)
@@ -77,9 +85,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return module.run(args)
-    except CibotError as exc:
-        print(f"cibot {args.command}: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -87,6 +92,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except Exception as exc:  # the edge: every error becomes one line and an exit code
+        return report_failure(args.command, exc, os.environ)
+
+
+def report_failure(command: str, exc: Exception, environ: Mapping[str, str]) -> int:
+    """Log the traceback at debug level, print what failed and what to do; return the code."""
+    if environ.get("CIBOT_LOG_LEVEL", "").lower() == "debug" and not logging.getLogger().handlers:
+        from bot import logsetup
+
+        logsetup.configure(level="debug")  # commands that set up no logging still show it
+    log.debug("command failed", extra={"command": command}, exc_info=exc)
+    problem = describe(exc)
+    print(f"cibot {command}: {problem.line()}", file=sys.stderr)
+    return problem.exit_code
 
 
 if __name__ == "__main__":
