@@ -318,6 +318,9 @@ def test_everything_down_raises_model_unavailable_with_the_steps(tmp_path, local
         ask(mc, "local")
     assert type(caught.value).__name__ == "ModelUnavailable"
     assert "server_error, server_error, server_error" in "".join(caught.value.__notes__)
+    # The message is for people: the failure in words, not litellm's exception class.
+    assert str(caught.value).endswith("failed (server error)")
+    assert "Error" not in str(caught.value)
 
 
 # -- structured output and repair -------------------------------------------------------
@@ -387,7 +390,7 @@ def test_plain_text_reply_failing_its_validator_is_repaired_with_the_text_prompt
     done = ask(mc, "local", validate=has_marker)
     assert (done.tier, done.text, done.data) == ("local", "MARKER: fixed", None)
     repair = local.chat_requests()[1]["messages"][-1]["content"]
-    assert repair == REPAIR_TEXT_PROMPT.format(problem="ValueError: reply must start with MARKER:")
+    assert repair == REPAIR_TEXT_PROMPT.format(problem="reply must start with MARKER:")
 
 
 def test_unpriced_external_model_is_a_config_error_before_anything_is_sent(
@@ -403,7 +406,7 @@ def test_check_reply_accepts_fenced_json_and_rejects_empty_text():
     assert check_reply('```json\n{"a": 1}\n```', {"type": "object"}, None) == {"a": 1}
     with pytest.raises(InvalidOutput, match="empty"):
         check_reply("   ", None, None)
-    with pytest.raises(InvalidOutput, match="KeyError"):
+    with pytest.raises(InvalidOutput, match=r"^the reply lacks the key 'missing'$"):
         check_reply('{"a": 1}', {"type": "object"}, lambda data: data["missing"])
     with pytest.raises(InvalidOutput, match="schema"):
         check_reply(
@@ -426,6 +429,10 @@ def test_prompt_too_big_for_local_context_goes_up(tmp_path, local, external):
     )
     done = ask(client(policy), "local", "word " * 3000)
     assert done.tier == "mid" and done.fallback_reasons == ("context_window",)
+    assert [(c.tier, c.outcome, c.escalation_reason) for c in done.calls] == [
+        ("local", "skipped", ""),
+        ("mid", "ok", "context_window"),
+    ]
     assert local.requests == []
 
 
@@ -483,7 +490,13 @@ def test_budget_exhausted_stays_private_and_says_why(tmp_path, local, external, 
     done = ask(mc, "frontier", "Refactor the whole module.")
     assert done.tier == "local"
     assert done.fallback_reasons == ("over_budget",)
-    assert done.calls[0].escalation_reason == "over_budget"
+    # The refused tier leaves a record that costs nothing, so the ledger shows the walk.
+    assert [
+        (c.tier, c.outcome, c.error_kind, c.escalation_reason, c.cost_usd) for c in done.calls
+    ] == [
+        ("frontier", "skipped", "over_budget", "", 0.0),
+        ("local", "ok", "", "over_budget", done.calls[1].cost_usd),
+    ]
     assert external.requests == []
     assert budget.spent(INSTALLATION) == pytest.approx(5.0)
 
@@ -509,6 +522,20 @@ def test_external_spend_is_reserved_then_settled_to_the_actual_cost(
     with pytest.raises(ModelUnavailable):
         ask(mc, "mid")  # mid and frontier fail: their reservations are given back
     assert budget.spent(INSTALLATION) == pytest.approx(done.calls[0].cost_usd, abs=4e-6)
+
+
+def test_a_timed_out_api_call_is_priced_at_its_reservation(tmp_path, local, external, redis_url):
+    budget = Budget(redis_url)
+    mc = client(make_policy(tmp_path, local, external, mid_tier={"timeout_s": 0.4}), budget=budget)
+    external.fail("timeout", times=1)
+    done = ask(mc, "mid", "Review this change.")
+    timed_out, answered = done.calls
+    assert (timed_out.tier, timed_out.error_kind, answered.tier) == ("mid", "timeout", "frontier")
+    # The provider may bill a call it finished after we gave up: the budget keeps the
+    # reservation, and the record carries the same figure, so the ledger agrees with it.
+    assert timed_out.cost_usd > 0
+    spent = budget.spent(INSTALLATION)
+    assert spent == pytest.approx(timed_out.cost_usd + answered.cost_usd, abs=4e-6)
 
 
 def test_unreachable_budget_store_keeps_work_private(tmp_path, local, external):

@@ -4,7 +4,9 @@ This is the only module that imports litellm. ``ModelClient.complete`` tries the
 tier's models in order, then the next allowed tier (local → mid → frontier). External
 tiers are skipped when the data is ``private_only`` or the installation's budget is
 spent; before any external call the messages are redacted. Every call, failed or not,
-becomes a ``CallRecord`` with tokens, latency, dollars and the reason it was made.
+becomes a ``CallRecord`` with tokens, latency, dollars and the reason it was made; a tier
+ruled out before any call (budget, context window) leaves a ``skipped`` record, so the
+ledger's tier path shows every tier a job walked and why it left each one.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ log = logging.getLogger("cibot.llm")
 
 MODEL_TIERS: tuple[str, ...] = ("local", "mid", "frontier")
 Message = Mapping[str, Any]
-Outcome = Literal["ok", "error", "invalid"]
+Outcome = Literal["ok", "error", "invalid", "skipped"]
+SKIPPED: Outcome = "skipped"  # a tier ruled out before any call; costs nothing
 
 # Model-facing text (the bot's own PR notes live with the job pipeline).
 REPAIR_PROMPT = (
@@ -119,11 +122,12 @@ class Completion:
 class _Failed(Exception):
     """Carry a failed attempt's kind and cibot error inside the tier loop."""
 
-    def __init__(self, kind: str, error: CibotError) -> None:
-        """Keep the reason (fallback vocabulary) and the error to raise if nothing is left."""
+    def __init__(self, kind: str, error: CibotError, *, skipped: bool = False) -> None:
+        """Keep the reason, the error to raise if nothing is left, and whether no call ran."""
         super().__init__(kind)
         self.kind = kind
         self.error = error
+        self.skipped = skipped
 
 
 @dataclass
@@ -287,8 +291,15 @@ def check_reply(
             # found an invalid reply, not a bug: retry or escalate rather than crash the job.
             # Keep enough of the problem for a repair round to act on (a failing test's
             # assertion and traceback tail), but bounded: it goes back into a prompt.
-            raise InvalidOutput(f"{type(exc).__name__}: {exc}"[:2000]) from exc
+            raise InvalidOutput(_problem(exc)[:2000]) from exc
     return data
+
+
+def _problem(exc: Exception) -> str:
+    """Say what a validator found wrong, in words (a KeyError's text is only the key)."""
+    if isinstance(exc, KeyError):
+        return f"the reply lacks the key {exc}"
+    return str(exc) or "the reply has the wrong shape"
 
 
 def _jsonschema() -> Any:
@@ -437,6 +448,8 @@ class ModelClient:
                 return self._model(name, tier, model, request)
             except _Failed as failed:
                 failure = failed
+                if failed.skipped:
+                    self._record_skip(name, model, failed.kind, request)
                 request.fall_back(failed.kind)
                 metrics.observe_fallback(name, failed.kind)
                 if failed.kind not in TIER_WIDE:
@@ -486,18 +499,26 @@ class ModelClient:
                 response = _litellm().completion(**self._call_args(tier, model, messages, request))
         except Exception as exc:
             kind, error = classify(exc)
+            # A timed-out API call may still be billed: price it at its reservation, as the
+            # budget does, so the ledger and the budget agree. A refused call cost nothing.
+            cost = reserved if kind == "timeout" else 0.0
             record = CallRecord(
                 tier=name,
                 model=model,
                 latency_s=self.clock() - started,
+                cost_usd=cost,
                 outcome="error",
                 error_kind=kind,
                 escalation_reason=request.pending_reason,
                 redactions=self._redactions_for(tier, request),
             )
-            self._settle(request, reserved, reserved if kind == "timeout" else 0.0)
+            self._settle(request, reserved, cost)
             self._record(record, request)
-            raise _Failed(kind, self._error(error, kind, name, model, exc)) from exc
+            log.debug(
+                "model call failed",
+                extra={**request.log_fields, "tier": name, "model": model, "error": repr(exc)},
+            )
+            raise _Failed(kind, self._error(error, kind, name, model)) from exc
         return self._usage(name, tier, model, response, request, started, reserved)
 
     def _usage(
@@ -573,7 +594,15 @@ class ModelClient:
         if failure is None:
             return ModelError(f"no model tier could take this request (fallbacks: {steps})")
         failure.error.add_note(f"fallbacks: {steps}")
-        return failure.error
+        if not isinstance(failure.error, InvalidOutput):
+            return failure.error
+        # Say it was every tier tried, not only the last one's complaint, to whoever reads it.
+        error = InvalidOutput(
+            f"the reply failed validation on every tier tried; last: {failure.error}"
+        )
+        error.__cause__ = failure.error
+        error.add_note(f"fallbacks: {steps}")
+        return error
 
     # -- gates: context, redaction, budget ----------------------------------------------
 
@@ -590,6 +619,7 @@ class ModelClient:
                 ModelError(
                     f"the prompt ({prompt} tokens) does not fit a {tier.context_window}-token window"
                 ),
+                skipped=True,
             )
 
     def _redacted(self, request: _Request) -> list[dict[str, Any]]:
@@ -621,7 +651,7 @@ class ModelClient:
             allowed = self.budget.reserve(request.installation_id, estimate, limit)
         except BudgetExhausted as exc:
             request.external_blocked = True
-            raise _Failed("budget_unavailable", exc) from exc
+            raise _Failed("budget_unavailable", exc, skipped=True) from exc
         if not allowed:
             request.external_blocked = True
             log.info(
@@ -637,6 +667,7 @@ class ModelClient:
             raise _Failed(
                 "over_budget",
                 BudgetExhausted(f"the monthly external-model budget (${limit:,.2f}) is spent"),
+                skipped=True,
             )
         return estimate
 
@@ -694,26 +725,41 @@ class ModelClient:
         full = api_call_cost(input_price, output_price, prompt - cached, completion)
         return full + cached * cached_input_price(model, input_price)
 
-    def _error(
-        self, error: type[CibotError], kind: str, tier: str, model: str, exc: Exception
-    ) -> CibotError:
-        """Build the cibot error for a failed call; the message says what to check."""
+    def _error(self, error: type[CibotError], kind: str, tier: str, model: str) -> CibotError:
+        """Build the cibot error for a failed call; the message says what to check.
+
+        The message names the failure in the fallback vocabulary (timeout, connection, ...),
+        never the library's exception class; the debug log keeps that.
+        """
         base = self.policy.tiers[tier].api_base or "the provider's default endpoint"
-        detail = type(exc).__name__
+        what = kind.replace("_", " ")
         if error is ConfigError:
             env = self.policy.tiers[tier].api_key_env or "the provider's API key variable"
             return ConfigError(
-                f"tier {tier} model {model} at {base} refused the request ({kind}, {detail}): "
+                f"tier {tier} model {model} at {base} refused the request ({what}): "
                 f"check the model name and {env}",
                 key=f"tiers.{tier}",
             )
-        return error(f"tier {tier} model {model} at {base} failed ({kind}, {detail})")
+        return error(f"tier {tier} model {model} at {base} failed ({what})")
+
+    def _record_skip(self, name: str, model: str, kind: str, request: _Request) -> None:
+        """Record a tier ruled out before any call, so the ledger's walk shows it."""
+        self._record(
+            CallRecord(
+                tier=name,
+                model=model,
+                outcome=SKIPPED,
+                error_kind=kind,
+                escalation_reason=request.pending_reason,
+            ),
+            request,
+        )
 
     def _record(self, record: CallRecord, request: _Request) -> None:
         """Keep a call in the request's trail, hand it to the recorder, and log it."""
         request.calls.append(record)
         log.info(
-            "model call",
+            "tier skipped" if record.outcome == SKIPPED else "model call",
             extra={
                 **request.log_fields,
                 "tier": record.tier,
@@ -729,6 +775,7 @@ class ModelClient:
                 "redactions": sum(record.redactions.values()),
             },
         )
-        metrics.observe_call(record, private=self.policy.tiers[record.tier].private)
+        if record.outcome != SKIPPED:  # a skipped tier is no call: the fallback metric counts it
+            metrics.observe_call(record, private=self.policy.tiers[record.tier].private)
         if self.recorder is not None:
             self.recorder(record)
