@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -23,9 +24,15 @@ from workers.ledger import (
     SUCCEEDED,
     Base,
     CallInput,
+    JobRecord,
     JobResult,
     Ledger,
+    ModelCallRecord,
+    Step,
+    alembic_config,
+    reasons_json,
     tier_path,
+    walk,
 )
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -104,7 +111,43 @@ def calls() -> list[CallInput]:
     """Return a fallback: local failed validation, then mid answered."""
     return [
         CallInput.of(FakeCall("local", "hosted_vllm/oss", 1000, 200, 0.0, outcome="invalid")),
-        CallInput.of(FakeCall("mid", "anthropic/sonnet", 1000, 300, 0.02)),
+        CallInput.of(
+            FakeCall("mid", "anthropic/sonnet", 1000, 300, 0.02, escalation_reason="invalid_output")
+        ),
+    ]
+
+
+def failed_walk() -> list[CallInput]:
+    """Return a walk with no valid reply: local and its repair, then mid, then frontier."""
+    return [
+        CallInput.of(FakeCall("local", "hosted_vllm/oss", 900, 150, 0.0004, outcome="invalid")),
+        CallInput.of(
+            FakeCall(
+                "local", "hosted_vllm/oss", 1100, 160, 0.0005, "invalid", escalation_reason="repair"
+            )
+        ),
+        CallInput.of(
+            FakeCall(
+                "mid",
+                "openai/gpt-5",
+                900,
+                200,
+                0.003,
+                "invalid",
+                escalation_reason="invalid_output",
+            )
+        ),
+        CallInput.of(
+            FakeCall(
+                "frontier",
+                "openai/gpt-5.5",
+                900,
+                200,
+                0.03,
+                "invalid",
+                escalation_reason="invalid_output",
+            )
+        ),
     ]
 
 
@@ -130,8 +173,6 @@ def test_a_job_finishes_once_even_when_recorded_twice(ledger: Ledger) -> None:
         tier="mid",
         model="anthropic/sonnet",
         calls=calls(),
-        fallbacks=1,
-        fallback_reasons=["invalid_output"],
         comment_id=99,
     )
     assert ledger.finish_job(job, result, at=T0)
@@ -146,6 +187,7 @@ def test_a_job_finishes_once_even_when_recorded_twice(ledger: Ledger) -> None:
         1,
     )
     assert row["triggers"] == "sensitive_path"
+    assert ledger.steps(job.key()) == [Step(1, "local", "mid", "invalid_output")]
     assert row["api_cost_usd"] == pytest.approx(0.02)
     assert row["private_tokens"] == 1200
     jobs, rows, _ = ledger.rows()
@@ -346,10 +388,177 @@ def test_workers_migrate_concurrently_without_errors(database_url: str) -> None:
     with opened.engine.connect() as conn:
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
     opened.close()
-    assert version == "0001"
+    assert version == "0002"
 
 
 def test_tier_path_collapses_repeats() -> None:
     """A retried local call does not lengthen the path."""
     assert tier_path(["local", "local", "mid", "frontier"]) == "local>mid>frontier"
     assert tier_path([]) == ""
+
+
+def test_a_failed_walk_counts_every_step_and_keeps_every_call(ledger: Ledger) -> None:
+    """local > mid > frontier, then failure: two fallbacks, both reasons queryable, all priced.
+
+    The pipeline records an attempt's calls as they end (record_calls), then closes the job
+    with no calls of its own (fail); the fallbacks come from the recorded calls either way.
+    """
+    job = ref(pr=11)
+    ledger.start_job(job, tier="local")
+    walked = failed_walk()
+    ledger.record_calls(job, walked, private_tiers=frozenset({"local"}), attempt="a1")
+    assert ledger.finish_job(
+        job, JobResult(status=FAILED, error_kind="InvalidOutput", error="reply is not valid JSON")
+    )
+    row = ledger.job(job.key())
+    assert row is not None
+    assert (row["status"], row["tier_path"], row["fallbacks"]) == (
+        FAILED,
+        "local>mid>frontier",
+        2,
+    )
+    assert row["fallbacks"] == len(row["tier_path"].split(">")) - 1
+    assert row["fallback_reasons"] == '["invalid_output", "invalid_output"]'
+    assert row["api_cost_usd"] == pytest.approx(0.033)
+    with ledger.engine.connect() as conn:
+        steps = conn.execute(
+            sa.text(
+                "SELECT position, from_tier, to_tier, reason, kind FROM fallback_steps "
+                "WHERE job_key = :key ORDER BY position"
+            ),
+            {"key": job.key()},
+        ).all()
+        priced = conn.execute(
+            sa.select(ModelCallRecord.tier, ModelCallRecord.cost_usd)
+            .where(ModelCallRecord.job_key == job.key())
+            .order_by(ModelCallRecord.id)
+        ).all()
+    assert [tuple(s) for s in steps] == [
+        (1, "local", "mid", "invalid_output", "invalid_output"),
+        (2, "mid", "frontier", "invalid_output", "invalid_output"),
+    ]
+    assert [tuple(c) for c in priced] == [(c.tier, c.cost_usd) for c in walked]
+    assert all(cost > 0 for _, cost in priced)
+    [report_row] = [r for r in ledger.rows()[0] if r.job_key == job.key()]
+    assert report_row.fallbacks == 2
+    assert {(s.reason, s.kind) for s in ledger.step_rows()} == {
+        ("invalid_output", "invalid_output")
+    }
+
+
+def test_a_success_with_one_fallback_and_a_budget_skip(ledger: Ledger) -> None:
+    """A refused tier (a skipped record) is a step of the walk but not a call in the report."""
+    job = ref(pr=12, task="review")
+    skipped = CallInput(
+        tier="mid", model="openai/gpt-5", outcome="skipped", error_kind="over_budget"
+    )
+    served = CallInput(
+        tier="local", model="hosted_vllm/oss", prompt_tokens=800, escalation_reason="over_budget"
+    )
+    ledger.finish_job(job, JobResult(status=SUCCEEDED, tier="local", calls=[skipped, served]))
+    row = ledger.job(job.key())
+    assert row is not None
+    assert (row["tier_path"], row["fallbacks"]) == ("mid>local", 1)
+    assert ledger.steps(job.key()) == [Step(1, "mid", "local", "over_budget")]
+    assert ledger.steps(job.key())[0].kind == "budget"
+    assert [c.tier for c in ledger.rows()[1]] == ["local"]  # no call was made on mid
+
+
+def test_a_job_dropped_after_calls_still_counts_them(ledger: Ledger) -> None:
+    """Calls made before a newer push superseded the job are totalled and walked."""
+    job = ref(pr=13)
+    ledger.start_job(job, tier="local")
+    ledger.record_calls(job, calls(), private_tiers=frozenset({"local"}), attempt="a1")
+    assert ledger.drop_job(job, reason="superseded by c0ffee before publishing")
+    row = ledger.job(job.key())
+    assert row is not None
+    assert (row["status"], row["tier_path"], row["fallbacks"]) == ("dropped", "local>mid", 1)
+    assert row["api_cost_usd"] == pytest.approx(0.02)
+
+
+def test_walk_names_each_step_and_its_kind() -> None:
+    """Reasons come from the first call on the new tier; unnamed steps by direction."""
+    path, steps = walk(
+        [
+            ("local", ""),
+            ("local", "repair"),
+            ("mid", "timeout"),
+            ("frontier", "connection"),
+            ("local", ""),  # a new request of the same job starts low again
+            ("frontier", ""),  # a job asked for frontier itself
+            ("frontier", "tests_failed"),
+        ]
+    )
+    assert path == ["local", "mid", "frontier", "local", "frontier"]
+    assert [(s.reason, s.kind) for s in steps] == [
+        ("timeout", "timeout"),
+        ("connection", "tier_down"),
+        ("restart", "restart"),
+        ("escalation", "trigger"),
+    ]
+    assert len(steps) == len(path) - 1
+    assert walk([("mid", "tests_failed_twice")]) == (["mid"], [])
+    assert Step(1, "local", "frontier", "tests_failed_twice").kind == "trigger"
+
+
+def test_reasons_json_stays_valid_when_cut() -> None:
+    """A long list of reasons is cut to fit the column and says how many it left out."""
+    encoded = reasons_json(["invalid_output"] * 60)
+    assert len(encoded) <= 512
+    kept = json.loads(encoded)
+    assert kept[-1] == f"... {61 - len(kept)} more"
+    assert reasons_json([]) == "[]"
+
+
+def test_the_upgrade_recounts_fallbacks_of_old_rows(database_url: str) -> None:
+    """Rows written before fallback_steps existed get their steps and counts rebuilt."""
+    from alembic import command
+
+    engine = sa.create_engine(database_url)
+    config = alembic_config()
+    with engine.connect() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        conn.commit()
+    key, at = ref(pr=21).key(), T0
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(JobRecord),
+            {
+                "job_key": key,
+                "task": "summary",
+                "installation_id": 42,
+                "repo": "acme/app",
+                "status": FAILED,
+                "tier_path": "local>mid>frontier",
+                "created_at": at,
+            },
+        )
+        for n, (tier, reason) in enumerate(
+            [("local", ""), ("local", "repair"), ("mid", "invalid_output"), ("frontier", "timeout")]
+        ):
+            conn.execute(
+                sa.insert(ModelCallRecord),
+                {
+                    "call_key": f"{key}@1#{n}",
+                    "job_key": key,
+                    "installation_id": 42,
+                    "repo": "acme/app",
+                    "task": "summary",
+                    "tier": tier,
+                    "model": "m",
+                    "private": tier == "local",
+                    "escalation_reason": reason,
+                    "created_at": at,
+                },
+            )
+    engine.dispose()
+    upgraded = Ledger(database_url)
+    row = upgraded.job(key)
+    steps = upgraded.steps(key)
+    upgraded.close()
+    assert row is not None and row["fallbacks"] == 2
+    assert steps == [
+        Step(1, "local", "mid", "invalid_output"),
+        Step(2, "mid", "frontier", "timeout"),
+    ]

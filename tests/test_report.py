@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -39,7 +40,6 @@ def job(
     at: datetime,
     calls: list[CallInput],
     status: str = SUCCEEDED,
-    fallbacks: int = 0,
 ) -> None:
     """Run one job through the ledger the way the pipeline does."""
     ref = JobRef(
@@ -57,7 +57,6 @@ def job(
             status=status,
             tier=calls[-1].tier if calls else "local",
             calls=calls,
-            fallbacks=fallbacks,
         ),
         at=at,
     )
@@ -80,9 +79,8 @@ def seeded(tmp_path: Path) -> str:
     ledger = Ledger(url)
     job(ledger, pr=1, task="summary", at=day(1), calls=[local(10_000)])
     job(ledger, pr=2, task="review", at=day(2), calls=[api("mid", 0.30)])
-    job(
-        ledger, pr=2, task="summary", at=day(2), fallbacks=1, calls=[local(5_000), api("mid", 0.05)]
-    )
+    escalated = dataclasses.replace(api("mid", 0.05), escalation_reason="invalid_output")
+    job(ledger, pr=2, task="summary", at=day(2), calls=[local(5_000), escalated])
     job(ledger, pr=3, task="summary", at=day(3), calls=[local(5_000)])
     job(ledger, pr=3, task="ci", at=day(3), calls=[api("frontier", 1.20)])
     job(ledger, pr=3, task="tests", at=day(4), calls=[], status=FAILED)
@@ -149,6 +147,7 @@ def test_cost_per_accepted_pr_on_a_seeded_ledger(seeded: str) -> None:
     assert spend["frontier"]["api_usd"] == pytest.approx(1.20)  # the $10 call is outside
     assert report["jobs_finished"] == 7
     assert report["fallback_rate"] == pytest.approx(1 / 7)
+    assert (report["fallback_steps"], report["fallback_reasons"]) == (1, {"invalid_output": 1})
     assert report["success_rate"] == pytest.approx(6 / 7)
     assert report["tier_split"] == pytest.approx({"frontier": 1 / 7, "local": 4 / 7, "mid": 2 / 7})
     assert report["success_by_task"]["tests"] == 0.0
@@ -179,6 +178,7 @@ def test_text_output_leads_with_cost_per_accepted_pr(seeded: str) -> None:
         "Spend by tier",
         "Tier split",
         "Fallback rate",
+        "Fallback reasons       invalid_output 1",
         "Task success rate",
         "fully loaded",
         "marginal",

@@ -3,6 +3,12 @@
 The ledger never stores prompt, completion or code text: only identifiers, tiers, token
 counts, costs, timings, trigger names and short operator-facing error reasons.
 Every write is idempotent, so a redelivered task cannot double-count anything.
+
+A job's tier path, its fallbacks and their reasons all come from one place: the model
+calls it recorded, in order (``walk``). Each change of tier between consecutive calls is
+one fallback step, kept in ``fallback_steps`` with its reason, so ``jobs.fallbacks`` is
+always the number of steps after the first tier of ``jobs.tier_path``, whether the job
+succeeded or failed.
 """
 
 from __future__ import annotations
@@ -26,9 +32,12 @@ from sqlalchemy import (
     Float,
     Integer,
     String,
+    UniqueConstraint,
     create_engine,
+    delete,
     event,
     func,
+    insert,
     inspect,
     select,
     text,
@@ -57,6 +66,28 @@ FINAL = (SUCCEEDED, FAILED, DROPPED)
 OUTCOMES = ("merged", "closed")
 ERROR_LIMIT = 300
 MIGRATION_LOCK_ID = 0x6C6564676572  # pg_advisory_lock key: "ledger"
+SKIPPED = "skipped"  # a call record for a tier ruled out before any call (workers.llm)
+TIER_ORDER = ("local", "mid", "frontier", "human")
+
+# Fallback reason (the model client's vocabulary, or a job's escalation trigger) → kind.
+# A reason not listed here is an escalation trigger a job passed (tests_failed_twice, ...).
+REASON_KINDS: dict[str, str] = {
+    "invalid_output": "invalid_output",  # the reply failed validation (after a local repair)
+    "timeout": "timeout",
+    **dict.fromkeys(
+        ("connection", "unavailable", "server_error", "rate_limited", "api_error", "bad_response"),
+        "tier_down",
+    ),
+    "over_budget": "budget",
+    "budget_unavailable": "budget",
+    "context_window": "context_window",
+    "private_only": "private_only",
+    **dict.fromkeys(
+        ("content_policy", "bad_request", "auth", "not_found", "unexpected"), "model_error"
+    ),
+    "restart": "restart",  # a new request (or a retried attempt) began again lower down
+}
+TRIGGER = "trigger"
 
 
 class Base(DeclarativeBase):
@@ -147,6 +178,20 @@ class OutcomeRecord(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
+class FallbackStepRecord(Base):
+    """One step of a job's tier walk: from which tier to which, and why."""
+
+    __tablename__ = "fallback_steps"
+    __table_args__ = (UniqueConstraint("job_key", "position", name="uq_fallback_steps_position"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_key: Mapped[str] = mapped_column(String(512), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    from_tier: Mapped[str] = mapped_column(String(16))
+    to_tier: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(128), index=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+
+
 class FeedbackRecord(Base):
     """An acceptance signal on a bot result: a 👍/👎, an applied suggestion, merged tests."""
 
@@ -203,6 +248,35 @@ class CallRow:
     def tokens(self) -> int:
         """Return prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """A fallback step as the report sees it, with its job's identity."""
+
+    job_key: str
+    repo: str
+    task: str
+    position: int
+    from_tier: str
+    to_tier: str
+    reason: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """One change of tier in a job's walk, and the reason for it."""
+
+    position: int
+    from_tier: str
+    to_tier: str
+    reason: str
+
+    @property
+    def kind(self) -> str:
+        """Return the reason's kind: invalid_output, timeout, tier_down, budget, trigger, ..."""
+        return reason_kind(self.reason)
 
 
 @dataclass(frozen=True)
@@ -271,8 +345,6 @@ class JobResult:
     model: str = ""
     calls: Sequence[CallInput] = ()
     private_tiers: frozenset[str] = frozenset({"local"})
-    fallbacks: int = 0
-    fallback_reasons: Sequence[str] = ()
     comment_id: int | None = None
     error_kind: str = ""
     error: str = ""
@@ -300,11 +372,37 @@ def job_key(ref: JobRef) -> str:
 
 def tier_path(tiers: Iterable[str]) -> str:
     """Join the tiers a job went through, collapsing repeats: local>local>mid -> local>mid."""
-    path: list[str] = []
-    for tier in tiers:
-        if not path or path[-1] != tier:
-            path.append(tier)
+    path, _ = walk((tier, "") for tier in tiers)
     return ">".join(path)
+
+
+def reason_kind(reason: str) -> str:
+    """Return the kind of a fallback reason; an unknown reason is an escalation trigger."""
+    return REASON_KINDS.get(reason, TRIGGER)
+
+
+def walk(calls: Iterable[tuple[str, str]]) -> tuple[list[str], list[Step]]:
+    """Return the tier path and its steps from (tier, escalation reason) per call, in order.
+
+    A step is a change of tier between consecutive calls; its reason is the one the first
+    call on the new tier was made for. A step without one is named for its direction: up
+    is an unnamed ``escalation`` (a job asked a higher tier itself), down a ``restart``.
+    """
+    path: list[str] = []
+    steps: list[Step] = []
+    for tier, reason in calls:
+        if path and path[-1] == tier:
+            continue
+        if path:
+            why = reason or ("restart" if _rank(tier) < _rank(path[-1]) else "escalation")
+            steps.append(Step(len(steps) + 1, path[-1], tier, why[:128]))
+        path.append(tier)
+    return path, steps
+
+
+def _rank(tier: str) -> int:
+    """Return a tier's place in the ladder (unknown tiers sort last)."""
+    return TIER_ORDER.index(tier) if tier in TIER_ORDER else len(TIER_ORDER)
 
 
 class Ledger:
@@ -378,6 +476,8 @@ class Ledger:
                 .where(JobRecord.job_key == job_key(ref), JobRecord.status.not_in(FINAL))
                 .values(status=DROPPED, error=reason[:ERROR_LIMIT], finished_at=at)
             )
+            if result.rowcount:
+                _close_walk(conn, job_key(ref))  # calls made before it was superseded count
             return bool(result.rowcount)
 
     def finish_job(self, ref: JobRef, result: JobResult, *, at: datetime | None = None) -> bool:
@@ -404,11 +504,7 @@ class Ledger:
             if not changed:
                 return False
             self._insert_calls(conn, ref, result, attempt=f"{started.attempts}f", at=at)
-            conn.execute(
-                update(JobRecord)
-                .where(JobRecord.job_key == job_key(ref))
-                .values(**_totals(conn, job_key(ref)))
-            )
+            _close_walk(conn, job_key(ref))
             return True
 
     def record_calls(
@@ -464,6 +560,31 @@ class Ledger:
         with self.engine.connect() as conn:
             row = conn.execute(select(JobRecord.__table__).where(JobRecord.job_key == key)).first()
         return dict(row._mapping) if row is not None else None
+
+    def steps(self, key: str) -> list[Step]:
+        """Return one job's fallback steps, in order."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    FallbackStepRecord.position,
+                    FallbackStepRecord.from_tier,
+                    FallbackStepRecord.to_tier,
+                    FallbackStepRecord.reason,
+                )
+                .where(FallbackStepRecord.job_key == key)
+                .order_by(FallbackStepRecord.position)
+            ).all()
+        return [Step(*row) for row in rows]
+
+    def calls(self, key: str) -> list[dict[str, Any]]:
+        """Return one job's model calls (skipped tiers included), in the order they ran."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(ModelCallRecord.__table__)
+                .where(ModelCallRecord.job_key == key)
+                .order_by(ModelCallRecord.id)
+            ).all()
+        return [dict(row._mapping) for row in rows]
 
     # ---- edge events -----------------------------------------------------------------
 
@@ -605,7 +726,9 @@ class Ledger:
                 CallRow(**_fix(dict(r._mapping)))
                 for r in conn.execute(
                     _window(
-                        select(*_cols(ModelCallRecord, CallRow)),
+                        select(*_cols(ModelCallRecord, CallRow)).where(
+                            ModelCallRecord.outcome != SKIPPED  # no call was made
+                        ),
                         ModelCallRecord.created_at,
                         since,
                         until,
@@ -621,6 +744,25 @@ class Ledger:
                 )
             ]
         return jobs, calls, outcomes
+
+    def step_rows(
+        self, *, since: datetime | None = None, until: datetime | None = None
+    ) -> list[StepRow]:
+        """Return the fallback steps of the jobs created in [since, until)."""
+        query = select(
+            FallbackStepRecord.job_key,
+            JobRecord.repo,
+            JobRecord.task,
+            FallbackStepRecord.position,
+            FallbackStepRecord.from_tier,
+            FallbackStepRecord.to_tier,
+            FallbackStepRecord.reason,
+            FallbackStepRecord.kind,
+        ).join(JobRecord, JobRecord.job_key == FallbackStepRecord.job_key)
+        query = _window(query, JobRecord.created_at, since, until)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(FallbackStepRecord.id)).all()
+        return [StepRow(**dict(r._mapping)) for r in rows]
 
 
 def _cols(model: type[Base], row: type) -> list[Any]:
@@ -664,8 +806,6 @@ def _finish_values(result: JobResult, at: datetime, started: datetime | None) ->
         "status": result.status,
         "tier": result.tier,
         "model": result.model[:255],
-        "fallbacks": result.fallbacks,
-        "fallback_reasons": json.dumps(list(result.fallback_reasons))[:512],
         "comment_id": result.comment_id,
         "error_kind": result.error_kind[:64],
         "error": result.error[:ERROR_LIMIT],
@@ -674,23 +814,48 @@ def _finish_values(result: JobResult, at: datetime, started: datetime | None) ->
     }
 
 
-def _totals(conn: Connection, job_key: str) -> dict[str, Any]:
-    """Total every recorded call of a job: API cost, private tokens and the tier path."""
+def _close_walk(conn: Connection, key: str) -> None:
+    """Total a job's recorded calls and rewrite its fallback steps from them."""
     rows = conn.execute(
         select(
             ModelCallRecord.tier,
+            ModelCallRecord.escalation_reason,
             ModelCallRecord.private,
             ModelCallRecord.cost_usd,
             ModelCallRecord.prompt_tokens + ModelCallRecord.completion_tokens,
         )
-        .where(ModelCallRecord.job_key == job_key)
+        .where(ModelCallRecord.job_key == key)
         .order_by(ModelCallRecord.id)
     ).all()
-    return {
-        "api_cost_usd": sum(cost for _, private, cost, _ in rows if not private),
-        "private_tokens": sum(tokens for _, private, _, tokens in rows if private),
-        "tier_path": tier_path(tier for tier, *_ in rows)[:128],
-    }
+    path, steps = walk((tier, reason) for tier, reason, *_ in rows)
+    conn.execute(
+        update(JobRecord)
+        .where(JobRecord.job_key == key)
+        .values(
+            api_cost_usd=sum(cost for *_, private, cost, _ in rows if not private),
+            private_tokens=sum(tokens for *_, private, _, tokens in rows if private),
+            tier_path=">".join(path)[:128],
+            fallbacks=len(steps),
+            fallback_reasons=reasons_json([s.reason for s in steps]),
+        )
+    )
+    conn.execute(delete(FallbackStepRecord).where(FallbackStepRecord.job_key == key))
+    if steps:
+        conn.execute(
+            insert(FallbackStepRecord),
+            [{"job_key": key, **dataclasses.asdict(s), "kind": s.kind} for s in steps],
+        )
+
+
+def reasons_json(reasons: Sequence[str], limit: int = 512) -> str:
+    """Encode reasons as a JSON list that fits ``limit``, ending with a count if cut."""
+    reasons = list(reasons)
+    for keep in range(len(reasons), -1, -1):
+        cut = len(reasons) - keep
+        encoded = json.dumps(reasons[:keep] + ([f"... {cut} more"] if cut else []))
+        if len(encoded) <= limit:
+            return encoded
+    return "[]"
 
 
 def _insert_ignore(conn: Connection, model: type[Base], values: Mapping[str, Any]) -> bool:

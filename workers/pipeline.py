@@ -43,8 +43,10 @@ from bot.errors import (
     InputError,
     InvalidOutput,
     ModelError,
+    ModelUnavailable,
     NothingToDo,
     PrivateTierDown,
+    describe,
 )
 from bot.settings import Settings
 from policies.evidence import Evidence
@@ -81,9 +83,36 @@ NOTHING_TEMPLATE = """\
 {marker}"""
 
 FAILED_TEMPLATE = """\
-⚠️ **cibot could not finish the {task}** for `{sha}`: {reason}.
-Comment `/cibot {task}` to try again.
+⚠️ **cibot could not finish the {task}** for `{sha}`{walked}: {reason}.
+{hint}
 {marker}"""
+WALKED = " (tried the {path} tiers)"
+RETRY_HINT = "Comment `/cibot {task}` to try again."
+PERSON_HINT = (
+    "Every tier up to frontier was tried: comment `/cibot {task}` to try again, or "
+    "`/cibot escalate human {task}` to hand it to a person."
+)
+# What a PR reader can do, by error (most specific first); the default is RETRY_HINT.
+PR_HINTS: tuple[tuple[type[BaseException], str], ...] = (
+    (
+        InvalidOutput,
+        "Comment `/cibot {task}` to try again, or `/cibot escalate frontier` for a stronger model.",
+    ),
+    (
+        ModelUnavailable,
+        "The model endpoints did not answer; comment `/cibot {task}` once they are back, or "
+        "ask the bot's operator to check them.",
+    ),
+    (
+        TimeoutError,
+        "It ran out of time; comment `/cibot {task}` to try again, or ask the bot's operator "
+        "for a longer limit.",
+    ),
+    (
+        InputError,
+        "Check the command's arguments (`/cibot help`) and try again.",
+    ),
+)
 
 
 class Outcome(StrEnum):
@@ -526,15 +555,14 @@ def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> Ou
         try:
             completion = _complete_job(job, gathered, decision, complete)
         except PrivateTierDown as exc:
-            _record_calls(ref, rt, calls, attempt)
             _hold(ref, rt, job, github, exc)
             raise
-        except (ModelError, ValueError) as exc:
-            _record_calls(ref, rt, calls, attempt)  # failed calls cost money too
-            if isinstance(exc, ValueError):
-                raise InvalidOutput(f"the reply failed validation: {exc}") from exc
-            raise
-    _record_calls(ref, rt, calls, attempt)
+        except ValueError as exc:
+            raise InvalidOutput(f"the reply failed validation: {exc}") from exc
+        finally:
+            # Every call is recorded and priced, however the step ends: failed calls cost
+            # money too, and the job's tier walk is read from them. (Keys make it once.)
+            _record_calls(ref, rt, calls, attempt)
     _store(
         ref, rt, job.render(gathered, decision, completion, job_cost(completion.calls)), completion
     )
@@ -579,13 +607,8 @@ def _complete_job(
 
 def _store(ref: JobRef, rt: Runtime, payload: Mapping[str, Any], completion: Any) -> None:
     """Keep the rendered result for the publish step."""
-    result = {
-        "payload": payload,
-        "tier": completion.tier,
-        "model": completion.model,
-        "fallbacks": completion.fallbacks,
-        "fallback_reasons": list(completion.fallback_reasons),
-    }
+    # The ledger counts fallbacks from the recorded calls, so only the result travels here.
+    result = {"payload": payload, "tier": completion.tier, "model": completion.model}
     rt.redis.set(state_key(ref, "result"), json.dumps(result), ex=RESULT_TTL_S)
     logsetup.bind(tier=completion.tier)  # where a fallback took the job
     log.info(
@@ -657,8 +680,6 @@ def publish(ref: JobRef, rt: Runtime) -> Outcome:
                 status=SUCCEEDED,
                 tier=result["tier"],
                 model=result["model"],
-                fallbacks=result["fallbacks"],
-                fallback_reasons=result["fallback_reasons"],
                 comment_id=posted,
             ),
         )
@@ -677,25 +698,53 @@ TOLD_ON_REQUEST = (*TOLD, InputError)
 
 
 def fail(ref: JobRef, rt: Runtime, exc: BaseException) -> None:
-    """Record a job's permanent failure with its reason, and tell the PR when it helps."""
-    reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    """Record a job's permanent failure with its reason, and tell the PR when it helps.
+
+    The reason is a sentence for people (``bot.errors.describe``), never a class name; the
+    ledger's ``error_kind`` keeps the class for queries, and the traceback stays in the log.
+    """
+    reason = describe(exc).what[:200]
     if isinstance(exc, NothingToDo):
         _nothing_to_do(ref, rt, exc, reason)
         return
     rt.ledger.finish_job(ref, JobResult(status=FAILED, error_kind=type(exc).__name__, error=reason))
     log.warning("job failed", extra=log_fields(ref, error_kind=type(exc).__name__, error=reason))
+    log.debug("job failure traceback", extra=log_fields(ref), exc_info=exc)
     job = job_module(ref.task) if ref.task in MODEL_TASKS else None
     told = TOLD_ON_REQUEST if ref.args.get("requested_by") else TOLD
     if job is None or ref.pr_number is None or not isinstance(exc, told):
         return
-    body = FAILED_TEMPLATE.format(
-        task=ref.task, sha=ref.head_sha[:12] or "this PR", reason=reason, marker=job.MARKER
-    )
+    body = failure_note(ref, exc, reason, marker=job.MARKER, path=_tier_path(ref, rt))
     try:
         with contextlib.closing(rt.github(ref.installation_id)) as github:
             github.upsert_comment(ref.repo, ref.pr_number, marker=job.MARKER, body=body)
     except CibotError as error:
         log.warning("failure note not posted", extra=log_fields(ref, error=str(error)))
+
+
+def failure_note(ref: JobRef, exc: BaseException, reason: str, *, marker: str, path: str) -> str:
+    """Write the note a failed job posts: what failed, the tiers it tried, what to do."""
+    tiers = list(dict.fromkeys(path.split(">"))) if path else []
+    hint = next((h for kind, h in PR_HINTS if isinstance(exc, kind)), RETRY_HINT)
+    if isinstance(exc, InvalidOutput) and "frontier" in tiers:
+        hint = PERSON_HINT  # a stronger model is not on offer any more
+    walked = (
+        WALKED.format(path=", ".join(tiers[:-1]) + f" and {tiers[-1]}") if len(tiers) > 1 else ""
+    )
+    return FAILED_TEMPLATE.format(
+        task=ref.task,
+        sha=ref.head_sha[:12] or "this PR",
+        walked=walked,
+        reason=reason,
+        hint=hint.format(task=ref.task),
+        marker=marker,
+    )
+
+
+def _tier_path(ref: JobRef, rt: Runtime) -> str:
+    """Return the tier path the ledger recorded for the job, or an empty string."""
+    row = rt.ledger.job(job_key(ref))
+    return str(row["tier_path"]) if row else ""
 
 
 def now() -> datetime:

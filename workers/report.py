@@ -3,7 +3,9 @@
 ``compute_report`` is pure: it takes ledger rows and the policy and does no I/O. Private
 tiers are priced two ways. *Fully loaded*: the rung's monthly cost for the window's share of
 a month, allocated over the private tokens actually served in the window, so idle GPUs show
-up as cost. *Marginal*: the rung's cost per token at full utilization.
+up as cost. *Marginal*: the rung's cost per token at full utilization. The fallback rate is
+the share of finished jobs that changed tier at least once; the top reasons count the
+steps of those walks (``fallback_steps`` in the ledger).
 """
 
 from __future__ import annotations
@@ -20,9 +22,19 @@ from typing import Any
 from bot.errors import InputError
 from policies.costs import SECONDS_PER_MONTH, bought_monthly, private_call_cost
 from policies.model import Policy
-from workers.ledger import DROPPED, FAILED, QUEUED, SUCCEEDED, CallRow, JobRow, OutcomeRow
+from workers.ledger import (
+    DROPPED,
+    FAILED,
+    QUEUED,
+    SUCCEEDED,
+    CallRow,
+    JobRow,
+    OutcomeRow,
+    StepRow,
+)
 
 PrKey = tuple[str, int]
+TOP_REASONS = 5
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,8 @@ class Report:
     fallback_rate: float | None
     success_rate: float | None
     success_by_task: dict[str, float] = field(default_factory=dict)
+    fallback_steps: int = 0
+    fallback_reasons: dict[str, int] = field(default_factory=dict)  # the most common first
 
     def to_json(self) -> dict[str, Any]:
         """Return the report as JSON-safe data."""
@@ -81,6 +95,7 @@ def compute_report(
     until: datetime,
     *,
     repo: str | None = None,
+    steps: Sequence[StepRow] = (),
 ) -> Report:
     """Compute the report for [since, until); rows may cover every repo (allocation needs it)."""
     stamps = [j.created_at for j in jobs] + [c.created_at for c in calls]
@@ -102,6 +117,7 @@ def compute_report(
     full = sum(allocated.get(id(c), c.cost_usd) for c in on_prs)
     low = sum(marginal.get(id(c), c.cost_usd) for c in on_prs)
     finished = [j for j in jobs if j.status in (SUCCEEDED, FAILED)]
+    walked = _steps_of(finished, steps)
     return Report(
         since=start,
         until=until,
@@ -118,7 +134,15 @@ def compute_report(
         fallback_rate=_rate(sum(1 for j in finished if j.fallbacks > 0), len(finished)),
         success_rate=_rate(sum(1 for j in finished if j.status == SUCCEEDED), len(finished)),
         success_by_task=_success_by_task(finished),
+        fallback_steps=len(walked),
+        fallback_reasons=dict(Counter(s.reason for s in walked).most_common(TOP_REASONS)),
     )
+
+
+def _steps_of(finished: Sequence[JobRow], steps: Sequence[StepRow]) -> list[StepRow]:
+    """Return the fallback steps of the finished jobs."""
+    keys = {j.job_key for j in finished}
+    return [s for s in steps if s.job_key in keys]
 
 
 def _in(at: datetime, start: datetime, until: datetime) -> bool:
@@ -240,6 +264,7 @@ Spend by tier
 
 Tier split             {split}
 Fallback rate          {fallback}   ({jobs} finished jobs)
+Fallback reasons       {reasons}
 Task success rate      {success}   {by_task}
 """
 
@@ -267,6 +292,7 @@ def render_text(report: Report) -> str:
         split=", ".join(f"{t} {v:.0%}" for t, v in report.tier_split.items()) or "n/a",
         fallback=_pct(report.fallback_rate),
         jobs=report.jobs_finished,
+        reasons=", ".join(f"{r} {n}" for r, n in report.fallback_reasons.items()) or "none",
         success=_pct(report.success_rate),
         by_task=", ".join(f"{t} {v:.0%}" for t, v in report.success_by_task.items()),
     )
@@ -312,7 +338,8 @@ def load_report(
 ) -> Report:
     """Read the window's rows from the ledger and compute the report."""
     jobs, calls, outcomes = ledger.rows(since=since, until=until)
-    return compute_report(jobs, calls, outcomes, policy, since, until, repo=repo)
+    steps = ledger.step_rows(since=since, until=until)
+    return compute_report(jobs, calls, outcomes, policy, since, until, repo=repo, steps=steps)
 
 
 def run(args: argparse.Namespace) -> int:
