@@ -5,10 +5,12 @@ vLLM and API servers (through litellm), real Redis and a SQLite ledger, via disp
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from workers import pipeline
 from workers.celery_app import PUBLISH, RUN_JOB
 from workers.job import JobRef
 from workers.jobs import deps
-from workers.jobs.deps import Change, CheckoutSource, PullSource, Survey, Upgrade
+from workers.jobs.deps import Change, CheckoutSource, PullSource, Survey
 from workers.ledger import DROPPED, SUCCEEDED, ModelCallRecord, job_key
 from workers.pipeline import Gathered, Outcome
 
@@ -213,7 +215,8 @@ def test_a_patch_bump_stays_local_and_posts_one_table(world: World) -> None:
     assert "Breaking surface" not in text
     assert "on the **local** tier" in text and "the default tier for this task" in text
     assert "Was this upgrade notes useful? React with 👍 or 👎" in text
-    assert "code files of the repository at `" in text  # the real client reads the head tree
+    assert "files of the repository at `" in text  # the real client reads the head tree
+    assert "through the GitHub API (no checkout of the head)" in text
     row = job_row(world, ref)
     assert (row["status"], row["tier_path"], row["triggers"], row["comment_id"]) == (
         SUCCEEDED,
@@ -247,7 +250,7 @@ def test_a_major_django_bump_escalates_to_the_frontier(world: World) -> None:
     assert "name: django | from: 4.2.11 | to: 5.0.3 | kind: major" in user
     assert "django.utils.encoding.force_text() (removed → force_str(); the release notes)" in user
     assert "django.utils.translation.ugettext() (removed → gettext()" in user
-    assert "HTTPAdapter.get_connection" not in user.split("=== bump 2")[0]  # stays with requests
+    assert "HTTPAdapter.get_connection" not in user.split("=== package 2")[0]  # stays with requests
     [comment] = deps_comments(world, 22)
     text = comment["body"]
     assert "on the **frontier** tier" in text
@@ -285,7 +288,10 @@ def test_a_removed_api_the_repo_calls_fires_removed_api(world: World) -> None:
         in text
     )
     assert "local_foo" not in text and "legacy_auth" not in text.split("Upgrade notes")[0]
-    assert "Searched 3 of 3 code files of the repository at `232323232323`." in text
+    assert (
+        "Searched 3 of 3 files of the repository at `232323232323` through the GitHub API "
+        "(no checkout of the head)." in text
+    )
     _, user = prompt(world.external)
     assert "src/sync.py:6: return foo(Client())" in user and "src/sync.py:5" not in user
     assert "Client.retry_count" not in user.split("Release notes:")[0]  # only deprecated
@@ -397,11 +403,14 @@ def test_a_pr_without_manifest_changes_gets_a_short_reply_and_no_model_call(
     """No dependency version changed: one sticky 'nothing to do' note, no model call."""
     ref = open_pull(world, 27, DIFF)
     for _ in range(2):  # a retried dispatch edits the same note
-        with pytest.raises(InputError, match="changes no dependency version") as raised:
+        with pytest.raises(InputError, match="changes no file that pins dependency") as raised:
             pipeline.dispatch(ref, world.rt)
     pipeline.fail(ref, world.rt, raised.value)
     [note] = deps_comments(world, 27)
-    assert "This pull request changes no dependency manifest." in note["body"]
+    assert (
+        "changes no dependency manifest, lock file or other file that pins versions "
+        "(it changes `src/upload.py`, `README.md`)" in note["body"]
+    )
     assert "nothing to write upgrade notes for" in note["body"]
     assert "No model was asked." in note["body"]
     assert world.local.requests == [] and world.external.requests == []
@@ -418,7 +427,7 @@ def test_a_commanded_job_without_bumps_still_ends_in_one_note(world: World) -> N
         pipeline.dispatch(ref, world.rt)
     pipeline.fail(ref, world.rt, raised.value)
     [note] = deps_comments(world, 31)
-    assert re.search(r"changes no dependency (version|manifest)", note["body"])
+    assert "changes no dependency manifest" in note["body"]
     assert "could not finish" not in note["body"]  # the job's own answer is not overwritten
     assert world.local.requests == [] and world.external.requests == []
 
@@ -434,7 +443,7 @@ def test_a_manifest_change_without_a_version_change_is_named(world: World) -> No
     with pytest.raises(InputError):
         pipeline.dispatch(ref, world.rt)
     [note] = deps_comments(world, 28)
-    assert "changes `package.json`, but no dependency's version changes" in note["body"]
+    assert "changes `package.json`, but no dependency's version changes in them" in note["body"]
 
 
 def test_an_unanchored_reply_is_retried_then_escalated(world: World) -> None:
@@ -550,7 +559,7 @@ def test_a_vendored_changelog_gives_the_section_between_the_versions(tmp_path: P
     assert "too_new" not in upgrade.notes and "ancient" not in upgrade.notes
     assert [(u.path, u.line, u.what) for u in upgrade.uses] == [("app.py", 2, "Client.old")]
     assert facts.removed_symbols() == ("Client.old from acme-client",)
-    assert (facts.read, facts.total) == (1, 1)  # the vendored copy is not searched as code
+    assert (facts.read, facts.total) == (2, 2)  # git grep skips the vendored copy itself
 
 
 def test_definitions_deleted_from_vendored_code_count_as_removed() -> None:
@@ -639,26 +648,55 @@ def test_the_pr_source_keeps_line_numbers() -> None:
     assert PullSource.from_diff("not a diff").paths() == ()
 
 
-def test_the_search_stops_at_its_file_limit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@dataclasses.dataclass
+class MemoryReader:
+    """A HeadReader over files held in memory, recording each read (one API call each)."""
+
+    files: dict[str, str]
+    reads: list[str] = dataclasses.field(default_factory=list)
+
+    def tree_paths(self, repo: str, sha: str) -> list[str]:
+        """List the files."""
+        return list(self.files)
+
+    def file_at(self, repo: str, path: str, *, ref: str) -> str | None:
+        """Return one file and record the read."""
+        self.reads.append(path)
+        return self.files.get(path)
+
+
+def test_without_a_checkout_the_search_stops_at_its_file_limit(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """At most MAX_FILES_READ files are read, the PR's own first, and the post says so."""
+    """Through the API at most MAX_FILES_READ files are read, the PR's own first; both say so."""
     monkeypatch.setattr(deps, "MAX_FILES_READ", 3)
-    for index in range(6):
-        (tmp_path / f"m{index}.py").write_text("import acme_client\n", "utf-8")
-    reads: list[str] = []
-    source = CheckoutSource(tmp_path)
-    plain = source.read
-    monkeypatch.setattr(source, "read", lambda path: reads.append(path) or plain(path))
+    reader = MemoryReader({f"m{index}.py": "import os\n" for index in range(6)})
+    reader.files["m5.py"] = "import acme_client\n"
+    source = deps.TreeSource(reader, REPO, "a" * 40)
     the_bump = manifests.Bump("requirements.txt", "acme-client", "1.4.0", "1.5.0", 1)
     changed = parse_diff(
         "diff --git a/m5.py b/m5.py\n--- a/m5.py\n+++ b/m5.py\n@@ -1 +1 @@\n-x\n+import acme_client\n"
     )
-    facts = deps.survey([the_bump], changed, "", source)
-    assert reads == ["m5.py", "m0.py", "m1.py"]
+    facts = deps.survey([the_bump], changed, "", source, sha="a" * 40)
+    assert reader.reads == ["m5.py", "m0.py", "m1.py"]
     assert (facts.read, facts.total) == (3, 6)
-    expected = "Searched 3 of 6 code files of the working copy (the search stops at 3 files)."
-    assert deps.scope_line(facts) == expected
+    assert deps.scope_line(facts) == (
+        "Searched 3 of 6 files of the repository at `aaaaaaaaaaaa` through the GitHub API "
+        "(no checkout of the head) (the search stops at 3 files)."
+    )
+    [upgrade] = facts.upgrades
+    assert deps.reach_text(facts, upgrade) == (
+        "m5.py (no checkout of the head: only 3 of 6 files were read through the GitHub API, "
+        "so there may be more)"
+    )
+    reader.files["m5.py"] = "import os\n"
+    [unseen] = deps.survey(
+        [the_bump], changed, "", deps.TreeSource(reader, REPO, "a" * 40)
+    ).upgrades
+    assert deps.reach_text(facts, unseen) == (
+        "not known: there is no checkout of the head, and none of the 3 of 6 files read "
+        "through the GitHub API names it"
+    )
 
 
 # ---- anchoring --------------------------------------------------------------------------------
@@ -667,7 +705,8 @@ def test_the_search_stops_at_its_file_limit(
 def gathered_for(diff: str, uses: tuple[deps.Use, ...] = ()) -> Gathered:
     """Return a Gathered holding a survey of this diff's bumps."""
     files = parse_diff(diff)
-    upgrades = tuple(Upgrade(b, uses=uses) for b in manifests.bumps(files))
+    found = deps.survey(list(manifests.bump_sites(files)), files, "", PullSource({}))
+    upgrades = tuple(dataclasses.replace(u, uses=uses) for u in found.upgrades)
     facts = Survey(upgrades=upgrades, scope="diff", changed=tuple(f.path for f in files))
     return Gathered(pull=None, diff=diff, evidence=None, policy=None, extra={"survey": facts})  # type: ignore[arg-type]
 
@@ -681,11 +720,7 @@ def gathered_for(diff: str, uses: tuple[deps.Use, ...] = ()) -> Gathered:
         (reply(bump("django", "4.2.11", "5.0.4")), "versions that differ"),
         (reply(bump("django", "4.2.11", "5.0.3", kind="minor")), "kind must be 'major'"),
         (reply(bump("django", "4.2.11", "5.0.3", affected=["/etc/passwd"])), "did not find"),
-        (
-            reply(bump("django", "4.2.11", "5.0.3"), bump("Django", "4.2.11", "5.0.3")),
-            "twice",
-        ),
-        (reply("django"), "is not an object"),
+        (reply("django"), "is not an object"),  # type: ignore[arg-type]
     ],
 )
 def test_validate_rejects_what_was_not_detected(data: Any, error: str) -> None:
@@ -770,3 +805,329 @@ def test_a_tree_file_that_cannot_be_read_is_skipped() -> None:
     facts = deps.survey([the_bump], (), "Removed `foo()`.", source, sha="f" * 40)
     assert facts.removed_symbols() == () and (facts.read, facts.total) == (2, 2)
     assert isinstance(deps.source_for(object(), REPO, "f" * 40, ""), PullSource)
+
+
+# ---- real repositories: grouping, the whole-tree search, every kind of bump ------------------
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Dev",
+    "GIT_AUTHOR_EMAIL": "dev@example.com",
+    "GIT_COMMITTER_NAME": "Dev",
+    "GIT_COMMITTER_EMAIL": "dev@example.com",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "HOME": "/nonexistent",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Project:
+    """A throwaway repository: its head commit, the PR's diff, and a bare copy to fetch from."""
+
+    bare: Path
+    head: str
+    diff: str
+
+
+def run_git(root: Path, *args: str) -> str:
+    """Run git in a test repository and return what it prints."""
+    env = {**os.environ, **GIT_ENV}
+    done = subprocess.run(
+        ["git", "-C", str(root), *args], check=True, capture_output=True, text=True, env=env
+    )
+    return done.stdout
+
+
+def commit_project(tmp: Path, base: dict[str, str], head: dict[str, str]) -> Project:
+    """Commit ``base``, then ``head`` written over it, and publish both in a bare repository."""
+    work = tmp / "work"
+    work.mkdir()
+    run_git(work, "init", "-q", "-b", "main")
+    commits = []
+    for files in (base, head):
+        for path, text in files.items():
+            (work / path).parent.mkdir(parents=True, exist_ok=True)
+            (work / path).write_text(text, encoding="utf-8")
+        run_git(work, "add", "--all")
+        run_git(work, "commit", "-q", "-m", "change")
+        commits.append(run_git(work, "rev-parse", "HEAD").strip())
+    diff = run_git(work, "diff", commits[0], commits[1])
+    bare = tmp / "project.git"
+    run_git(tmp, "clone", "-q", "--bare", str(work), str(bare))
+    return Project(bare=bare, head=commits[1], diff=diff)
+
+
+@pytest.fixture
+def from_project() -> Iterator[Callable[[Project], None]]:
+    """Let a test point the job's checkout at its project's bare repository."""
+    from workers.jobs import tests as tests_job
+
+    def install(project: Project) -> None:
+        deps.set_checkout(
+            lambda gh, repo, sha, dest: tests_job.fetch_commit(project.bare.as_uri(), sha, dest)
+        )
+
+    yield install
+    deps.set_checkout(None)
+
+
+def open_project_pull(world: World, pr: int, project: Project, body: str = "") -> JobRef:
+    """Open a PR whose diff and head are the project's; return its deps job."""
+    world.github.add_pull(
+        REPO, pr, title=f"Bump deps ({pr})", body=body, diff=project.diff, head_sha=project.head
+    )
+    return deps_ref(pr, project.head)
+
+
+def npm_service(name: str, pino: str) -> dict[str, str]:
+    """Return one service's package.json and package-lock.json pinning pino."""
+    manifest = {"name": name, "dependencies": {"pino": f"^{pino}"}}
+    lock = {
+        "name": name,
+        "lockfileVersion": 3,
+        "packages": {
+            "": {"name": name, "dependencies": {"pino": f"^{pino}"}},
+            "node_modules/pino": {
+                "version": pino,
+                "resolved": f"https://registry.npmjs.org/pino/-/pino-{pino}.tgz",
+            },
+        },
+    }
+    return {
+        f"services/{name}/package.json": json.dumps(manifest, indent=2) + "\n",
+        f"services/{name}/package-lock.json": json.dumps(lock, indent=2) + "\n",
+    }
+
+
+FILLER = {
+    f"services/api/src/handlers/h{index:03}.js": "module.exports = 1;\n" for index in range(150)
+}
+DEEP_LOGGER = "services/web/src/lib/observability/logging/logger.js"
+
+
+def pino_project(tmp_path: Path) -> Project:
+    """Two services' locks move pino 8 → 9; a logger 5 folders deep, past 150 files, imports it."""
+    base = {
+        **npm_service("api", "8.1.0"),
+        **npm_service("web", "8.2.0"),
+        **FILLER,
+        DEEP_LOGGER: "import pino from 'pino'\nexport const log = pino()\n",
+        "services/web/src/lib/other.js": "import x from 'pino-pretty'\n",
+    }
+    head = {**npm_service("api", "9.0.0"), **npm_service("web", "9.0.0")}
+    return commit_project(tmp_path, base, head)
+
+
+def test_a_package_bumped_in_two_manifests_is_one_entry_that_validates_first_time(
+    world: World, tmp_path: Path, from_project: Callable[[Project], None]
+) -> None:
+    """pino moves in two services' locks: one package in the prompt, one reply entry, one call."""
+    project = pino_project(tmp_path)
+    from_project(project)
+    ref = open_project_pull(world, 41, project)
+    entry = bump("pino", "8.1.0", "9.0.0", affected=[DEEP_LOGGER], notes="Read the v9 notes.")
+    world.external.script(reply=reply(entry, summary="pino 9 is a major upgrade."))
+    assert world.through(ref)[-1] is Outcome.PUBLISHED
+    assert calls_of(world, ref) == [("frontier", "openai/gpt-5.5", "ok", "")]
+    _, user = prompt(world.external)
+    assert user.count("=== package") == 1 and "Detected packages (1)" in user
+    assert "=== package 1: name: pino | from: 8.1.0 | to: 9.0.0 | kind: major ===" in user
+    assert (
+        "Moves in: services/api/package-lock.json:12 (8.1.0 → 9.0.0, major); "
+        "services/web/package-lock.json:12 (8.2.0 → 9.0.0, major)" in user
+    )
+    assert f"Imported by: {DEEP_LOGGER}\n" in user  # not pino-pretty's importer
+    [comment] = deps_comments(world, 41)
+    text = comment["body"]
+    assert (
+        f"| `pino` | `8.1.0` → `9.0.0`, `8.2.0` → `9.0.0` | **major** | `{DEEP_LOGGER}` |" in text
+    )
+    assert "- **`pino`**: Read the v9 notes." in text
+    assert text.count("| `pino` |") == 1
+
+
+def test_importers_are_found_anywhere_in_a_repository_of_more_than_120_files(
+    world: World, tmp_path: Path, from_project: Callable[[Project], None]
+) -> None:
+    """git grep searches the whole head: the deep importer is found, and the post says so."""
+    project = pino_project(tmp_path)
+    from_project(project)
+    ref = open_project_pull(world, 42, project)
+    world.external.script(reply=reply(bump("pino", "8.2.0", "9.0.0")))
+    assert world.through(ref)[-1] is Outcome.PUBLISHED
+    _, user = prompt(world.external)
+    assert len(FILLER) + 6 > deps.MAX_FILES_READ
+    total = len(FILLER) + 6
+    scope = f"Searched all {total} files of the repository at `{project.head[:12]}` with git grep."
+    assert scope in user
+    [comment] = deps_comments(world, 42)
+    assert scope in comment["body"] and f"`{DEEP_LOGGER}`" in comment["body"]
+    assert world.github.calls_to("GET", r"/contents/services") == []  # none read through the API
+
+
+def test_a_reply_that_lists_a_package_per_manifest_is_merged() -> None:
+    """One entry per manifest of one package: merged into one, paths and notes joined."""
+    lock = '    "node_modules/pino": {{\n-      "version": "{old}",\n+      "version": "{new}",\n'
+    diff = "".join(
+        f"diff --git a/{folder}/package-lock.json b/{folder}/package-lock.json\n"
+        f"--- a/{folder}/package-lock.json\n+++ b/{folder}/package-lock.json\n"
+        "@@ -1,2 +1,2 @@\n" + lock.format(old=old, new=new)
+        for folder, old, new in (("api", "8.1.0", "9.0.0"), ("web", "9.0.0", "9.1.0"))
+    )
+    gathered = gathered_for(diff, uses=(deps.Use("web/log.js", 1, "pino()", "pino"),))
+    first = bump("pino", "8.1.0", "9.0.0", notes="Node 18 is the minimum.")
+    second = bump("pino", "9.0.0", "9.1.0", affected=["web/log.js"], notes="No changes needed.")
+    data = reply(first, second)
+    deps.validate(gathered, data)
+    facts: Survey = gathered.extra["survey"]
+    [(index, entry)] = deps.merged(facts, data["bumps"]).items()
+    assert facts.upgrades[index].bump.kind == "major"
+    assert entry["affected"] == ["web/log.js"]
+    assert entry["notes"] == "Node 18 is the minimum. No changes needed."
+    # The same versions described twice with two kinds disagree: that is rejected.
+    clash = reply(bump("pino", "9.0.0", "9.1.0", kind="minor"), dict(second, kind="major"))
+    with pytest.raises(ValueError, match="again with another kind"):
+        deps.validate(gathered, clash)
+    with pytest.raises(ValueError, match=r"differ from 8\.1\.0 → 9\.0\.0, 9\.0\.0 → 9\.1\.0"):
+        deps.validate(gathered, reply(bump("pino", "8.0.0", "9.0.0")))
+
+
+WORKFLOW = """\
+name: ci
+on: [push]
+jobs:
+  test:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@{version}
+      - run: make test
+"""
+COMPOSITE = """\
+runs:
+  using: composite
+  steps:
+    - uses: actions/checkout@v5
+"""
+VERSIONS_TF = """\
+terraform {{
+  required_providers {{
+    aws = {{
+      source  = "hashicorp/aws"
+      version = "~> {version}"
+    }}
+  }}
+}}
+"""
+MAIN_TF = """\
+module "vpc" {{
+  source  = "terraform-aws-modules/vpc/aws"
+  version = "{version}"
+}}
+
+resource "aws_s3_bucket" "logs" {{
+  bucket = "logs"
+}}
+"""
+
+
+def test_terraform_and_github_actions_bumps_get_notes(
+    world: World, tmp_path: Path, from_project: Callable[[Project], None]
+) -> None:
+    """Actions, a provider and a module: each is a package whose users are named, with notes."""
+    base = {
+        ".github/workflows/ci.yml": WORKFLOW.format(version="v4"),
+        ".github/workflows/release.yml": WORKFLOW.format(version="v4"),
+        ".github/actions/setup/action.yml": COMPOSITE,
+        "infra/versions.tf": VERSIONS_TF.format(version="5.0"),
+        "infra/modules/net/versions.tf": VERSIONS_TF.format(version="5.40"),
+        "infra/main.tf": MAIN_TF.format(version="5.1.0"),
+        "infra/modules/net/main.tf": 'data "aws_region" "here" {}\n',
+        "app.py": "print('hello')\n",
+    }
+    head = {
+        ".github/workflows/ci.yml": WORKFLOW.format(version="v5"),
+        ".github/workflows/release.yml": WORKFLOW.format(version="v5"),
+        "infra/versions.tf": VERSIONS_TF.format(version="6.0"),
+        "infra/modules/net/versions.tf": VERSIONS_TF.format(version="6.0"),
+        "infra/main.tf": MAIN_TF.format(version="5.2.0"),
+    }
+    project = commit_project(tmp_path, base, head)
+    from_project(project)
+    ref = open_project_pull(world, 43, project)
+    entries = (
+        bump("actions/checkout", "v4", "v5", notes="Runs on Node 24; needs runner 2.327.1."),
+        bump("hashicorp/aws", "5.0", "6.0", notes="Check the v6 upgrade guide for S3."),
+        bump("terraform-aws-modules/vpc/aws", "5.1.0", "5.2.0", notes="No changes needed."),
+    )
+    for server in (world.local, world.external):
+        server.script(reply=reply(*entries, summary="CI and provider upgrades."))
+    assert world.through(ref)[-1] is Outcome.PUBLISHED
+    [user] = [
+        prompt(server)[1] for server in (world.local, world.external) if server.chat_requests()
+    ]
+    assert (
+        "Used in workflows: .github/actions/setup/action.yml, .github/workflows/ci.yml, "
+        ".github/workflows/release.yml" in user
+    )
+    assert (
+        "Provider used in: infra/main.tf, infra/modules/net/main.tf, "
+        "infra/modules/net/versions.tf, infra/versions.tf" in user
+    )
+    assert "Module used in: infra/main.tf" in user
+    assert "Imported by" not in user
+    [comment] = deps_comments(world, 43)
+    text = comment["body"]
+    assert "`major_version_bump`" in text
+    assert "| `actions/checkout` | `v4` → `v5` | **major** |" in text
+    assert "| `hashicorp/aws` | `5.40` → `6.0`, `5.0` → `6.0` | **major** |" in text
+    assert "- **`actions/checkout`**: Runs on Node 24; needs runner 2.327.1." in text
+    assert "- **`hashicorp/aws`**: Check the v6 upgrade guide for S3." in text
+    assert "- **`terraform-aws-modules/vpc/aws`**: No changes needed." in text
+
+
+def test_a_pr_changing_no_version_names_the_files_it_read(world: World) -> None:
+    """A Dockerfile edit without a new tag, and a NuGet file cibot cannot read: both named."""
+    diff = (
+        "diff --git a/Dockerfile b/Dockerfile\n--- a/Dockerfile\n+++ b/Dockerfile\n"
+        "@@ -1,2 +1,2 @@\n FROM python:3.12-slim\n-RUN pip install .\n+RUN pip install --no-cache-dir .\n"
+        "diff --git a/Directory.Packages.props b/Directory.Packages.props\n"
+        "--- a/Directory.Packages.props\n+++ b/Directory.Packages.props\n"
+        '@@ -1 +1 @@\n-<PackageVersion Include="Serilog" Version="3.1.0" />\n'
+        '+<PackageVersion Include="Serilog" Version="4.0.0" />\n'
+    )
+    ref = open_pull(world, 44, diff)
+    with pytest.raises(InputError) as raised:
+        pipeline.dispatch(ref, world.rt)
+    assert str(raised.value) == (
+        "this pull request changes no dependency version in the 1 files cibot read for "
+        "versions (Dockerfile), so there are no upgrade notes to write"
+    )
+    [note] = deps_comments(world, 44)
+    assert "changes `Dockerfile`, but no dependency's version changes in them" in note["body"]
+    assert "cannot read the versions in `Directory.Packages.props` (NuGet) yet" in note["body"]
+    assert world.local.requests == [] and world.external.requests == []
+
+
+def test_a_search_that_hits_its_cap_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More matching lines than the cap: the files found are kept and the stop is named."""
+    monkeypatch.setattr(deps, "MAX_GREP_LINES", 2)
+    project = pino_project(tmp_path)
+    for index in range(3):
+        (tmp_path / "work" / f"use{index}.js").write_text("require('pino')\n", "utf-8")
+    files = parse_diff(project.diff)
+    facts = deps.survey(
+        list(manifests.bump_sites(files)), files, "", CheckoutSource(tmp_path / "work")
+    )
+    [upgrade] = facts.upgrades
+    assert upgrade.cut == "more than 2 matching lines"
+    assert deps.reach_text(facts, upgrade).endswith(
+        "(the search stopped early: more than 2 matching lines, so there may be more)"
+    )
+    assert deps.scope_line(facts).endswith("(a search stopped early: more than 2 matching lines).")
+
+
+def test_a_git_source_refuses_a_revision_that_is_not_a_sha(tmp_path: Path) -> None:
+    """A head that is not hex can never reach git's command line as an option."""
+    with pytest.raises(InputError, match="not a commit SHA"):
+        deps.GitSource(tmp_path, "--output=/tmp/x")

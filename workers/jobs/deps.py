@@ -1,7 +1,9 @@
 """Write dependency-upgrade notes: what each bump changes, what in this repo it touches, how to upgrade.
 
 The job follows ``workers.jobs.summary``'s shape (``workers.pipeline.JobModule``). ``gather``
-finds the version bumps with ``policies.deps.bumps`` and surveys each one:
+finds the version bumps with ``policies.deps.bump_sites`` and groups them by package: a
+package that moves in several manifests (two services' lock files, five ``versions.tf``) is
+one upgrade that lists each manifest and its versions. Each upgrade is surveyed:
 
 - **What upstream says changed.** The release notes in the PR body (Dependabot's
   ``<details><summary>Release notes</summary>`` blocks, Renovate's per-package sections, or
@@ -11,41 +13,55 @@ finds the version bumps with ``policies.deps.bumps`` and surveys each one:
   said to be removed or renamed: only code spans (``foo()``, ``<code>Client.send</code>``) in
   a sentence that says removed, dropped, deleted or renamed, and never one that only says
   "will be removed".
-- **What in this repo uses it.** The code files of the dependency's ecosystem are searched
-  for files that import the package and, in those, lines that use a removed name (a call
-  when the notes wrote ``name()``), or that import a Go module path a ``/vN`` bump moves.
+- **What in this repo it touches** (its ``Reach``). For a library: the files that import it,
+  by its ecosystem's syntax and import names (Python, JavaScript/TypeScript, Go, Rust,
+  Java/Kotlin by Maven group, Ruby ``require``), and in those the lines that use a removed
+  name or the Go module path a ``/vN`` bump retires. For what code never imports: the
+  workflows that use an Action, the Dockerfiles, Compose, Kubernetes and Helm files that
+  name an image, the Terraform files that declare or use a provider or module, the
+  pre-commit configs that run a hook.
 
-Where the code is read from is the ``Source`` seam. By default it is the repository at the
-PR head when the GitHub client can list and read it (the ``HeadReader`` methods); otherwise
-it is the new side of the PR's own diff, which holds only the lines the PR touches, and the
-post says which was searched. A caller with a working copy (the Actions step) passes
-``CheckoutSource``. Removed names found in use feed ``Evidence.removed_symbols`` so the
-router's ``removed_api`` reason fires; a major bump fires ``major_version_bump`` by itself.
+Where the code is read from is the ``Source`` seam. By default ``gather`` checks the PR head
+out (``set_checkout``; the production checkout fetches that one commit from the client's
+clone URL) and searches the whole tree with ``git grep``: extended regexes built from the
+package's names narrow the lines, the exact patterns confirm them, each grep has a time
+bound and a cap on the lines it reports. Without a checkout it falls back to reading
+files through the GitHub client (at most ``MAX_FILES_READ``), and then to the PR's own
+diff; the prompt and the post say which was searched and that the rest was not. A caller
+with a working copy passes ``CheckoutSource``, or ``GitSource`` for a commit in a local
+repository. Removed names found in use feed ``Evidence.removed_symbols`` so the router's
+``removed_api`` reason fires; a major bump fires ``major_version_bump`` by itself.
 
-The reply is anchored: every bump it names must be one that was detected, with the same
-versions and kind, and every affected path one the search found or the PR changes. A PR
-that changes no dependency's version gets a short sticky reply and no model call: ``gather``
-posts it and raises ``InputError``, so the pipeline stops before routing (and records the
-job as failed with that reason). Plain functions: no Celery import.
+The reply is anchored: every package it names must be one that was detected, with one of
+its versions and kind, and every affected path one the search found or the PR changes;
+two entries for one package are merged. A PR that changes no dependency's version gets a
+short sticky reply naming the files that were read, and no model call: ``gather`` posts it
+and raises ``NothingToDo``, so the pipeline stops before routing. Plain functions: no
+Celery import.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import functools
 import html
 import logging
 import os
 import posixpath
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, runtime_checkable
 
 from unidiff.errors import UnidiffParseError
 from unidiff.patch import PatchSet
 
-from bot.errors import GitHubNotFound, InputError, NothingToDo
+from bot.errors import GitHubNotFound, InputError, NothingToDo, SandboxError
 from policies import deps
 from policies.deps import Bump
 from policies.evidence import FileChange, evidence_from_diff
@@ -63,20 +79,26 @@ TASK = "deps"
 MARKER = "<!-- cibot:deps -->"
 SUPERSEDABLE = True  # notes on an old head's manifests are worthless once newer ones exist
 
-KINDS = ("major", "minor", "patch", "downgrade", "other")
-MAX_BUMPS_SHOWN = 40  # bumps described in the prompt and the table
+KINDS = ("major", "minor", "patch", "downgrade", "other")  # most to least severe
+MAX_BUMPS_SHOWN = 40  # packages described in the prompt and the table
+MAX_SITES_SHOWN = 8  # manifests listed per package in the prompt
 MAX_CHANGES = 20  # removed/renamed names kept per bump (a hostile body cannot flood the search)
 MAX_USES = 8  # use sites kept per bump
-MAX_IMPORTERS = 12  # importing files kept per bump
-MAX_FILES_READ = 120  # code files read per survey: each is one API call on a remote source
+MAX_IMPORTERS = 12  # importing files named per bump
+MAX_FILES_READ = 120  # files read without a checkout: each is one API call on a remote source
 MAX_FILE_BYTES = 256 * 1024
 MAX_CHANGELOGS = 2  # vendored changelog files read per bump
 MAX_NOTES_CHARS = 6000  # release-notes text kept per bump
 MAX_PROMPT_NOTES_TOKENS = 12_000  # release notes across every bump in the prompt
 MAX_DIFF_TOKENS = 12_000  # the diff's share of the prompt
 MAX_SNIPPET_CHARS = 160
-MAX_TREE_PATHS = 50_000
+MAX_TREE_PATHS = 50_000  # paths listed through the GitHub API
+MAX_NAME_CHARS = 200  # longer package names are not searched for
 MIN_NAME_CHARS = 3  # shorter names match everywhere and prove nothing
+GREP_SECONDS = 20.0  # one git grep over the checkout
+MAX_GREP_LINES = 20_000  # matching lines read from one git grep
+GIT_SECONDS = 60.0  # listing the tree or reading one file
+SHA = re.compile(r"[0-9a-f]{7,64}")
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -115,20 +137,23 @@ and never repeat credentials or secrets.
 Reply with only a JSON object with these keys:
 - "summary": two or three sentences on what the upgrade changes for this repository and
   how risky it is.
-- "bumps": one entry per detected bump you have something to say about:
+- "bumps": one entry per listed package you have something to say about. A package that
+  moves in several manifests is listed once: write one entry for it, with the versions on
+  its "=== package" line.
   {{"name": <the name exactly as listed>, "from": <as listed>, "to": <as listed>,
-  "kind": <as listed>, "affected": [<paths from that bump's "Uses" or "Imported by" lists,
-  or from the diff>], "notes": <concrete upgrade steps: removed or renamed APIs and their
-  replacements, changed defaults, new minimum versions; say "No changes needed" when the
-  notes show none>}}.
-Do not invent bumps, versions or paths; list only what is shown.
+  "kind": <as listed>, "affected": [<paths from that package's lists of files, or from the
+  diff>], "notes": <concrete upgrade steps: removed or renamed APIs and their replacements,
+  changed defaults, new minimum versions; say "No changes needed" when the notes show
+  none>}}.
+Do not invent packages, versions or paths; list only what is shown. Where a list says the
+repository was not searched, do not claim that nothing uses the package.
 """
 
 USER_PROMPT = """\
 <untrusted-{tag}>
 Pull request: {title}
 
-Detected bumps ({count}{more}). {scope}
+Detected packages ({count}{more}). {scope}
 
 {bumps}
 
@@ -138,16 +163,40 @@ Diff{note}:
 """
 
 BUMP_PROMPT = """\
-=== bump {index}: name: {name} | from: {old} | to: {new} | kind: {kind} | manifest: {where} ===
+=== package {index}: name: {name} | from: {old} | to: {new} | kind: {kind} ===
+Moves in: {where}
 {module}Removed or renamed upstream: {changes}
 Uses of those in this repository: {uses}
-Imported by: {importers}
+{label}: {importers}
 Release notes:
 {notes}"""
 
+SITE = "{path}:{line}"
+SITE_VERSIONS = "{path}:{line} ({old} → {new}, {kind})"
 MODULE_PROMPT = "Go module path moves: {old} → {new}; every import of the old path must change.\n"
 NONE_FOUND = "none found"
 NO_NOTES = "(none found)"
+# How the prompt qualifies a list of files, by how much of the repository was searched.
+REACH_ALL_NONE = "none in the whole repository"
+REACH_CUT = "{found} (the search stopped early: {why}, so there may be more)"
+REACH_TREE = (
+    "{found} (no checkout of the head: only {read} of {total} files were read through the "
+    "GitHub API, so there may be more)"
+)
+REACH_TREE_NONE = (
+    "not known: there is no checkout of the head, and none of the {read} of {total} files "
+    "read through the GitHub API names it"
+)
+REACH_DIFF = (
+    "{found} (no checkout of the head: only the lines this pull request changes were "
+    "searched, so there may be more)"
+)
+REACH_DIFF_NONE = (
+    "not known: there is no checkout of the head, and only the lines this pull request "
+    "changes were searched"
+)
+REACH_UNKNOWN = "not searched: cibot does not know how this kind of dependency is used"
+MORE_FILES = "{files} and {n} more"
 
 BODY_TEMPLATE = """\
 ## 📦 cibot: dependency upgrade notes
@@ -168,8 +217,9 @@ BODY_TEMPLATE = """\
 
 {marker}"""
 
-ROW = "| {name} | {old} → {new} | {kind} | {affected} |"
-MORE_ROWS = "| … | and {n} more bumps | | |"
+ROW = "| {name} | {versions} | {kind} | {affected} |"
+PAIR = "{old} → {new}"
+MORE_ROWS = "| … | and {n} more packages | | |"
 BREAKING_TEMPLATE = "\n**Breaking surface**\n\n{items}\n"
 BREAK_MAJOR = "- {name}: a major version ({old} → {new}); semver allows breaking changes."
 BREAK_MODULE = "- {name}: the module path moves to {new}; change the imports in {files}."
@@ -177,25 +227,58 @@ BREAK_REMOVED = "- {name}: {symbol} is {how} upstream{replacement} and used in {
 NOTE_ITEM = "- **{name}**: {notes}"
 NO_NOTE = "_No upgrade notes were written._"
 
-SCOPE_TREE = "Searched {read} of {total} code files of the repository at `{sha}`{cut}."
-SCOPE_DIFF = (
-    "Searched only the lines this pull request changes ({read} files): cibot could not list "
-    "the repository at the head, so uses elsewhere are not shown."
+SCOPE_GIT = "Searched all {total} files of the repository at `{sha}` with git grep{cut}."
+SCOPE_CHECKOUT = "Searched all {total} files of the working copy with git grep{cut}."
+SCOPE_TREE = (
+    "Searched {read} of {total} files of the repository at `{sha}` through the GitHub API "
+    "(no checkout of the head){cut}."
 )
-SCOPE_CHECKOUT = "Searched {read} of {total} code files of the working copy{cut}."
+SCOPE_DIFF = (
+    "Searched only the lines this pull request changes ({read} files): cibot had no checkout "
+    "of the head and could not list it, so uses elsewhere are not shown."
+)
 SCOPE_CUT = " (the search stops at {limit} files)"
+SCOPE_STOPPED = " (a search stopped early: {why})"
 
 NOTHING_TEMPLATE = """\
 ## 📦 cibot: dependency upgrade notes
 
-{why} There is nothing to write upgrade notes for.
+{why} There is nothing to write upgrade notes for.{unread}
 
-<sub>cibot reads version changes in requirements*.txt, pyproject.toml, package.json, go.mod \
-and Cargo.toml. No model was asked.</sub>
+<sub>cibot reads versions in pip, npm, Go, Cargo, Maven and Gradle, and Bundler manifests \
+and lock files, GitHub Actions workflows, Dockerfiles, Compose, Kubernetes and Helm YAML, \
+Terraform and pre-commit configs. No model was asked.</sub>
 
 {marker}"""
-NO_MANIFEST = "This pull request changes no dependency manifest."
-NO_BUMP = "This pull request changes {manifests}, but no dependency's version changes."
+NO_VERSION_FILE = (
+    "This pull request changes no dependency manifest, lock file or other file that pins "
+    "versions (it changes {files})."
+)
+NO_BUMP = "This pull request changes {files}, but no dependency's version changes in them."
+UNREAD_NOTE = " cibot cannot read the versions in {files} yet."
+NOTHING_NO_FILE = (
+    "this pull request changes no file that pins dependency versions (it changes {files}), "
+    "so there are no upgrade notes to write"
+)
+NOTHING_NO_BUMP = (
+    "this pull request changes no dependency version in the {n} files cibot read for "
+    "versions ({files}), so there are no upgrade notes to write"
+)
+# Manifests of package managers cibot does not read yet, so a reply can name them.
+UNREAD_MANIFESTS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(
+            r"(?:^|/)(?:[^/]+\.(?:cs|fs|vb)proj|Directory\.Packages\.props|packages\.config)$"
+        ),
+        "NuGet",
+    ),
+    (re.compile(r"(?:^|/)composer\.(?:json|lock)$"), "Composer"),
+    (re.compile(r"(?:^|/)Chart\.(?:yaml|lock)$"), "Helm chart dependencies"),
+    (re.compile(r"(?:^|/)Package\.(?:swift|resolved)$"), "SwiftPM"),
+    (re.compile(r"(?:^|/)mix\.(?:exs|lock)$"), "Hex"),
+    (re.compile(r"(?:^|/)pubspec\.(?:yaml|lock)$"), "pub"),
+    (re.compile(r"(?:^|/)build\.sbt$"), "sbt"),
+)
 
 
 # ---- where the repository's code is read -----------------------------------------------------
@@ -206,13 +289,38 @@ class Source(Protocol):
 
     @property
     def scope(self) -> str:
-        """Say what ``paths`` covers, for the post: "tree", "diff" or "checkout"."""
+        """Say what ``paths`` covers, for the post: "git", "checkout", "tree" or "diff"."""
 
     def paths(self) -> Sequence[str]:
         """Return every file path the source can read."""
 
     def read(self, path: str) -> str | None:
         """Return a file's text, or None when it is absent, binary or too large."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    """Point at one line a search matched."""
+
+    path: str
+    line: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Grepped:
+    """Hold the lines one search matched, and why it stopped early ("" when it did not)."""
+
+    hits: tuple[Hit, ...]
+    cut: str = ""
+
+
+@runtime_checkable
+class Greppable(Protocol):
+    """A source that searches every file itself (a git repository or a working copy)."""
+
+    def grep(self, patterns: Sequence[str], globs: Sequence[str], *, ignore_case: bool) -> Grepped:
+        """Return the lines of the files matching ``globs`` that match an extended regex."""
 
 
 @runtime_checkable
@@ -287,6 +395,41 @@ class PullSource:
 
 
 @dataclass
+class GitSource:
+    """Read one commit of a local git repository (bare or not) and search it with git grep."""
+
+    git_dir: Path
+    sha: str
+    scope: str = "git"
+    _paths: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse a revision that is not a hex SHA, so it can never be read as an option."""
+        if not SHA.fullmatch(self.sha):
+            raise InputError(f"{self.sha[:80]!r} is not a commit SHA")
+
+    def paths(self) -> Sequence[str]:
+        """List the commit's files once (``git ls-tree``)."""
+        if self._paths is None:
+            out = _git(self.git_dir, "ls-tree", "-r", "-z", "--name-only", self.sha)
+            self._paths = tuple(p for p in (out or b"").decode("utf-8", "replace").split("\0") if p)
+        return self._paths
+
+    def read(self, path: str) -> str | None:
+        """Read one file of the commit; None when it is absent or too large."""
+        size = _git(self.git_dir, "cat-file", "-s", f"{self.sha}:{path}")
+        if size is None or not size.strip().isdigit() or int(size) > MAX_FILE_BYTES:
+            return None
+        blob = _git(self.git_dir, "cat-file", "blob", f"{self.sha}:{path}")
+        return None if blob is None else blob.decode("utf-8", errors="replace")
+
+    def grep(self, patterns: Sequence[str], globs: Sequence[str], *, ignore_case: bool) -> Grepped:
+        """Search every file of the commit (``git grep <sha>``)."""
+        command = _grep_command(self.git_dir, patterns, ignore_case=ignore_case)
+        return _grep([*command, self.sha, "--", *globs, *EXCLUDES], prefix=f"{self.sha}:")
+
+
+@dataclass
 class CheckoutSource:
     """Read a working copy on disk (the Actions step runs in one); never outside ``root``."""
 
@@ -302,9 +445,7 @@ class CheckoutSource:
             for folder, dirs, names in os.walk(base):
                 dirs[:] = sorted(d for d in dirs if d != ".git")
                 found.extend((Path(folder) / n).relative_to(base).as_posix() for n in sorted(names))
-                if len(found) >= MAX_TREE_PATHS:
-                    break
-            self._paths = tuple(found[:MAX_TREE_PATHS])
+            self._paths = tuple(found)
         return self._paths
 
     def read(self, path: str) -> str | None:
@@ -317,9 +458,134 @@ class CheckoutSource:
             return None
         return target.read_bytes().decode("utf-8", errors="replace")
 
+    def grep(self, patterns: Sequence[str], globs: Sequence[str], *, ignore_case: bool) -> Grepped:
+        """Search the working copy's files, honouring .gitignore; git grep follows no link."""
+        command = _grep_command(self.root.resolve(), patterns, ignore_case=ignore_case)
+        return _grep([*command, "--no-index", "--exclude-standard", "--", *globs, *EXCLUDES])
+
+
+VENDOR_DIRS = frozenset(
+    {"vendor", "_vendor", "vendored", "third_party", "third-party", "node_modules", "external"}
+)
+# git pathspecs: without glob magic a * also matches "/", so "*/vendor/*" is any depth.
+EXCLUDES = tuple(f":(exclude){where}{d}/*" for d in sorted(VENDOR_DIRS) for where in ("", "*/"))
+
+
+def _git(where: Path, *args: str) -> bytes | None:
+    """Run one git command in a repository; None when it fails or runs too long."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(where), *args], capture_output=True, timeout=GIT_SECONDS, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout
+
+
+def _grep_command(where: Path, patterns: Sequence[str], *, ignore_case: bool) -> list[str]:
+    """Return the git grep command line: extended regexes, line numbers, NUL-separated."""
+    flags = ["-i"] if ignore_case else []
+    expressions = [part for pattern in patterns for part in ("-e", pattern)]
+    return [
+        "git",
+        "-C",
+        str(where),
+        "grep",
+        "--no-color",
+        "-I",
+        "-n",
+        "-z",
+        "-E",
+        *flags,
+        *expressions,
+    ]
+
+
+def _grep(command: list[str], prefix: str = "") -> Grepped:
+    """Run one git grep, stopping at the time bound or at ``MAX_GREP_LINES`` matching lines."""
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    except OSError as exc:
+        return Grepped((), f"git could not run ({exc.strerror or exc})")
+    expired = threading.Event()
+
+    def stop() -> None:
+        expired.set()
+        process.kill()
+
+    timer = threading.Timer(GREP_SECONDS, stop)
+    with process:  # closes the pipe and reaps git however the reading ends
+        timer.start()
+        try:
+            hits, full = _grep_lines(process.stdout, prefix)
+            if full:
+                process.kill()
+            status = process.wait()
+        finally:
+            timer.cancel()
+            if process.poll() is None:
+                process.kill()
+    if expired.is_set():
+        return Grepped(hits, f"git grep ran for more than {GREP_SECONDS:g} s")
+    if full:
+        return Grepped(hits, f"more than {MAX_GREP_LINES} matching lines")
+    return Grepped(hits, "" if status in (0, 1) else f"git grep failed (exit {status})")
+
+
+def _grep_lines(stream: IO[bytes] | None, prefix: str) -> tuple[tuple[Hit, ...], bool]:
+    """Read ``path NUL line NUL text`` records; say whether the cap stopped the reading."""
+    hits: list[Hit] = []
+    for raw in stream or ():
+        if len(hits) >= MAX_GREP_LINES:
+            return tuple(hits), True
+        parts = raw.rstrip(b"\n").split(b"\0", 2)
+        if len(parts) == 3 and parts[1].isdigit():
+            path = parts[0].decode("utf-8", "replace").removeprefix(prefix)
+            hits.append(Hit(path, int(parts[1]), parts[2].decode("utf-8", "replace")))
+    return tuple(hits), False
+
+
+# ---- the checkout at the head ------------------------------------------------------------------
+
+
+Checkout = Callable[[Any, str, str, Path], None]
+
+
+def fetch_head(github: Any, repo: str, sha: str, dest: Path) -> None:
+    """Fetch the head commit into ``dest`` from the client's clone URL (the production checkout).
+
+    It is the tests job's fetch: the token travels in git's environment, never on a command
+    line or in a log. It raises SandboxError when the client gives no clone URL or git fails.
+    """
+    from workers.jobs.tests import github_checkout  # imported here: that job's imports are heavy
+
+    github_checkout(github, repo, sha, dest)
+
+
+_checkout: Checkout | None = fetch_head
+
+
+def set_checkout(checkout: Checkout | None) -> Checkout | None:
+    """Install the checkout the job uses (None: never check out); return the one it replaces."""
+    global _checkout
+    previous, _checkout = _checkout, checkout
+    return previous
+
+
+def checkout_source(github: Any, repo: str, sha: str, dest: Path) -> GitSource | None:
+    """Check the head out into ``dest`` and return it as a source; None when that fails."""
+    if _checkout is None or not SHA.fullmatch(sha or ""):
+        return None
+    try:
+        _checkout(github, repo, sha, dest)
+    except (SandboxError, OSError) as exc:
+        log.warning("deps checkout failed", extra={"repo": repo, "error": str(exc)[:300]})
+        return None
+    return GitSource(dest, sha)
+
 
 def source_for(github: Any, repo: str, sha: str, diff: str) -> Source:
-    """Pick the best source the client offers: the head's tree, else the PR's own diff."""
+    """Pick the best remote source the client offers: the head's tree, else the PR's own diff."""
     if sha and isinstance(github, HeadReader):
         return TreeSource(github, repo, sha)
     return PullSource.from_diff(diff)
@@ -503,9 +769,6 @@ def changelog_section(text: str, old: str, new: str) -> str:
 CHANGELOG_NAME = re.compile(
     r"(^|/)(changelog|changes|history|releases|news)(\.(md|rst|txt|markdown))?$", re.I
 )
-VENDOR_DIRS = frozenset(
-    {"vendor", "_vendor", "vendored", "third_party", "third-party", "node_modules", "external"}
-)
 DEFINITION = re.compile(
     r"^\s*(?:async\s+)?(?:def|class|func(?:\s*\([^)]*\))?|function|(?:pub(?:\([^)]*\))?\s+)?fn"
     r"|export\s+(?:default\s+)?(?:async\s+)?(?:function|class|const|let))\s+([A-Za-z_$][\w$]*)"
@@ -535,15 +798,39 @@ def removed_definitions(files: Iterable[FileChange], bump: Bump) -> list[Change]
     return found[:MAX_CHANGES]
 
 
-# ---- what in this repository uses it ----------------------------------------------------------
+# ---- what in this repository it touches ---------------------------------------------------------
 
 
-ECOSYSTEMS: dict[str, tuple[str, ...]] = {
-    "python": (".py", ".pyi"),
-    "npm": (".js", ".jsx", ".mjs", ".cjs", ".ts", ".tsx", ".mts", ".cts", ".vue", ".svelte"),
-    "go": (".go",),
-    "rust": (".rs",),
+CODE_GLOBS: dict[str, tuple[str, ...]] = {
+    "python": ("*.py", "*.pyi"),
+    "npm": (
+        "*.js",
+        "*.jsx",
+        "*.mjs",
+        "*.cjs",
+        "*.ts",
+        "*.tsx",
+        "*.mts",
+        "*.cts",
+        "*.vue",
+        "*.svelte",
+    ),
+    "go": ("*.go",),
+    "rust": ("*.rs",),
+    "jvm": ("*.java", "*.kt", "*.kts", "*.scala", "*.groovy"),
+    "ruby": ("*.rb", "*.rake", "*.ru"),
 }
+BUILD_GLOBS = ("*pom.xml", "*.gradle", "*.gradle.kts", "*.versions.toml", "*gradle.properties")
+WORKFLOW_GLOBS = tuple(
+    f"{folder}{name}.{ext}"
+    for folder, name in ((".github/workflows/", "*"), ("", "action"), ("*/", "action"))
+    for ext in ("yml", "yaml")
+)
+IMAGE_GLOBS = ("*Dockerfile*", "*Containerfile*", "*.dockerfile", "*.yml", "*.yaml")
+TERRAFORM_GLOBS = ("*.tf", "*.tf.json", "*.hcl")
+PRE_COMMIT_GLOBS = tuple(
+    f"{folder}.pre-commit-config.{ext}" for folder in ("", "*/") for ext in ("yaml", "yml")
+)
 # Distribution names whose import name differs; the rest import as the name with _ for -.
 PYTHON_IMPORTS = {
     "pyyaml": "yaml",
@@ -560,16 +847,158 @@ PYTHON_IMPORTS = {
     "djangorestframework": "rest_framework",
 }
 COMMENT = re.compile(r"^\s*(?:#|//|/\*|\*|--)")
+ERE_SPECIAL = re.compile(r"([\\.^$|?*+()\[\]{}])")
+IMAGE_TOKEN = re.compile(r"[\w./:@${}-]+")
 
-
-# The code ecosystem each dependency ecosystem's packages are imported from; Actions, images,
-# Terraform and the rest are not imported by code, so no files are searched for them.
-CODE_ECOSYSTEMS = {"pip": "python", "npm": "npm", "go": "go", "cargo": "rust"}
+# The code each dependency ecosystem's packages are imported from. Actions, images,
+# Terraform and pre-commit hooks are not imported: their Reach names the files using them.
+CODE_ECOSYSTEMS = {
+    "pip": "python",
+    "npm": "npm",
+    "go": "go",
+    "cargo": "rust",
+    "maven": "jvm",
+    "rubygems": "ruby",
+}
 
 
 def ecosystem(manifest: str) -> str:
     """Return the code ecosystem of a manifest or lock file ("" when code never imports it)."""
     return CODE_ECOSYSTEMS.get(deps.ecosystem_of(manifest), "")
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Say how to find the files a package reaches, and what the prompt calls them."""
+
+    label: str  # "Imported by", "Used in workflows", ...
+    globs: tuple[str, ...]  # the files that can name it (git pathspecs; * crosses folders)
+    grep: str  # an extended regex (git grep -E) that every line naming it matches
+    line: Callable[[str], object]  # the exact test of one line
+    ignore_case: bool = False
+    code: bool = True  # code imports it, so uses of removed names are searched too
+    none: str = REACH_ALL_NONE  # what the prompt says when a whole search finds none
+
+
+def reach_of(bump: Bump, move: tuple[str, str] | None = None) -> Reach | None:
+    """Return how to find what a bump touches in this repository, by its ecosystem."""
+    if not MIN_NAME_CHARS - 1 <= len(bump.name) <= MAX_NAME_CHARS:
+        return None
+    if bump.ecosystem in ("pip", "npm", "go", "cargo"):
+        return _import_reach(bump, move)
+    build = REACHES.get(bump.ecosystem)
+    return build(bump) if build else None
+
+
+def _import_reach(bump: Bump, move: tuple[str, str] | None) -> Reach:
+    """Return the Reach of a Python, JavaScript, Go or Rust package: the files importing it."""
+    kind = CODE_ECOSYSTEMS[bump.ecosystem]
+    names = "|".join(_ere(n) for n in _import_names(bump))
+    name = _ere(move[0] if move else bump.name)
+    grep = {
+        "python": rf"^[[:space:]]*(from|import)[[:space:]]+({names})",
+        "npm": rf"""['"]{name}(/[^'"]*)?['"]""",
+        "go": rf'"{name}(/[^"]*)?"',
+        "rust": rf"(use|extern[[:space:]]+crate)[[:space:]]+(::)?({names})|({names})::",
+    }[kind]
+    return Reach("Imported by", CODE_GLOBS[kind], grep, import_pattern(bump, move).search)
+
+
+def _maven_reach(bump: Bump) -> Reach:
+    """Return a Maven artifact's Reach: imports of its group, or, for a bare name, build files."""
+    group, _, artifact = bump.name.partition(":")
+    if not artifact:  # a plugin id, version property or catalog alias: the build names it
+        word = re.compile(rf"(?<![\w.-]){re.escape(group)}(?![\w-])")
+        grep = rf"(^|[^[:alnum:]_.-]){_ere(group)}([^[:alnum:]_-]|$)"
+        return Reach("Named in build files", BUILD_GLOBS, grep, word.search, code=False)
+    line = re.compile(rf"^\s*import\s+(?:static\s+)?{re.escape(group)}\.")
+    grep = rf"^[[:space:]]*import[[:space:]]+(static[[:space:]]+)?{_ere(group)}\."
+    return Reach("Imported by", CODE_GLOBS["jvm"], grep, line.search)
+
+
+def _gem_reach(bump: Bump) -> Reach:
+    """Return a gem's Reach: the Ruby files that require it (by name, with / or _ for -)."""
+    spellings = sorted({bump.name, bump.name.replace("-", "/"), bump.name.replace("-", "_")})
+    line = re.compile(rf"""\brequire\s*\(?\s*['"](?:{"|".join(map(re.escape, spellings))})['"/]""")
+    grep = rf"""require[[:space:]]*\(?[[:space:]]*['"]({"|".join(map(_ere, spellings))})['"/]"""
+    none = "no require line in the whole repository (Bundler.require may still load it)"
+    return Reach("Required by", CODE_GLOBS["ruby"], grep, line.search, none=none)
+
+
+def _action_reach(bump: Bump) -> Reach:
+    """Return an Action's Reach: the workflows and composite actions whose steps use it."""
+    line = re.compile(rf"""uses:\s*["']?{re.escape(bump.name)}(?:/[^@\s'"]*)?@""", re.I)
+    grep = rf"""uses:[[:space:]]*['"]?{_ere(bump.name)}(/[^@[:space:]'"]*)?@"""
+    return Reach("Used in workflows", WORKFLOW_GLOBS, grep, line.search, True, code=False)
+
+
+def _image_reach(bump: Bump) -> Reach:
+    """Return an image's Reach: the Dockerfiles, Compose, Kubernetes and Helm files naming it."""
+    grep = rf"""(^|[^[:alnum:]_.-]){_ere(bump.name)}([@'":[:space:]]|$)"""
+    return Reach(
+        "Image used in",
+        IMAGE_GLOBS,
+        grep,
+        lambda text: names_image(text, bump.name),
+        True,
+        code=False,
+    )
+
+
+def names_image(text: str, name: str) -> bool:
+    """Tell whether a line names the image ``name`` (as Docker Hub spells it), any tag."""
+    for token in IMAGE_TOKEN.findall(text):
+        ref = token.removeprefix("docker://").split("@", 1)[0]
+        slash, colon = ref.rfind("/"), ref.rfind(":")
+        if deps.normalise(ref[:colon] if colon > slash else ref, "docker") == name:
+            return True
+    return False
+
+
+def _terraform_reach(bump: Bump) -> Reach:
+    """Return a Terraform provider's Reach (declarations, resources, data) or a module's (callers)."""
+    name = bump.name
+    if name.count("/") == 1 and ":" not in name:  # namespace/type: a provider
+        space, kind = (re.escape(part) for part in name.split("/"))
+        line = re.compile(
+            rf'"(?:[^"]*/)?{space}/{kind}"|^\s*(?:resource|data)\s+"{kind}_|^\s*provider\s+"{kind}"',
+            re.I,
+        )
+        space, kind = (_ere(part) for part in name.split("/"))
+        grep = (
+            rf'"([^"]*/)?{space}/{kind}"|(resource|data)[[:space:]]+"{kind}_'
+            rf'|provider[[:space:]]+"{kind}"'
+        )
+        return Reach("Provider used in", TERRAFORM_GLOBS, grep, line.search, True, code=False)
+    line = re.compile(rf'source\s*=\s*"[^"]*{re.escape(name)}', re.I)
+    grep = rf'source[[:space:]]*=[[:space:]]*"[^"]*{_ere(name)}'
+    return Reach("Module used in", TERRAFORM_GLOBS, grep, line.search, True, code=False)
+
+
+def _hook_reach(bump: Bump) -> Reach:
+    """Return a pre-commit hook repository's Reach: the configs that run it."""
+    line = re.compile(
+        rf"""repo:\s*["']?(?:\w+://)?(?:www\.)?(?:github\.com/)?{re.escape(bump.name)}"""
+        r"""(?:\.git)?/?["']?\s*(?:#.*)?$""",
+        re.I,
+    )
+    grep = rf"repo:.*{_ere(bump.name)}"
+    return Reach("Hook configured in", PRE_COMMIT_GLOBS, grep, line.search, True, code=False)
+
+
+REACHES: dict[str, Callable[[Bump], Reach]] = {
+    "maven": _maven_reach,
+    "rubygems": _gem_reach,
+    "actions": _action_reach,
+    "docker": _image_reach,
+    "terraform": _terraform_reach,
+    "pre-commit": _hook_reach,
+}
+
+
+def _ere(text: str) -> str:
+    """Escape text for a POSIX extended regex (git grep -E)."""
+    return ERE_SPECIAL.sub(r"\\\1", text)
 
 
 def module_move(files: Iterable[FileChange], bump: Bump) -> tuple[str, str] | None:
@@ -637,19 +1066,26 @@ def uses_in(
     lines = text.splitlines()
     if not any(imports.search(line) for line in lines):
         return False, []
-    patterns = [(c, use_pattern(c)) for c in changes if len(c.name) >= MIN_NAME_CHARS]
-    found: list[Use] = []
-    for number, line in enumerate(lines, 1):
-        if COMMENT.match(line):
-            continue
-        defined = DEFINITION.match(line)
-        for change, pattern in patterns:
-            own = defined is not None and defined.group(1) == change.name  # the repo's own
-            if not own and pattern.search(line):
-                found.append(Use(path, number, line.strip()[:MAX_SNIPPET_CHARS], change.symbol))
+    found = [
+        use for n, line in enumerate(lines, 1) for use in line_uses(Hit(path, n, line), changes)
+    ]
     return True, found
 
 
+def line_uses(hit: Hit, changes: Sequence[Change]) -> Iterator[Use]:
+    """Yield a use for each changed name one line uses (not in a comment, not its own def)."""
+    if COMMENT.match(hit.text):
+        return
+    defined = DEFINITION.match(hit.text)
+    for change in changes:
+        if len(change.name) < MIN_NAME_CHARS:
+            continue
+        own = defined is not None and defined.group(1) == change.name  # the repo's own
+        if not own and use_pattern(change).search(hit.text):
+            yield Use(hit.path, hit.line, hit.text.strip()[:MAX_SNIPPET_CHARS], change.symbol)
+
+
+@functools.lru_cache(maxsize=1024)
 def use_pattern(change: Change) -> re.Pattern[str]:
     """Match a use of a changed name: a call if written as one, an attribute if qualified."""
     name = re.escape(change.name)
@@ -674,14 +1110,30 @@ def module_uses(path: str, text: str, move: tuple[str, str], imports: re.Pattern
 
 @dataclass(frozen=True)
 class Upgrade:
-    """Hold one bump with what upstream says changed and what in this repo it touches."""
+    """Hold one package's upgrade: where it moves, what upstream changed, what here it touches."""
 
-    bump: Bump
+    bump: Bump  # the move that speaks for the package: its most severe kind, first found
     move: tuple[str, str] | None = None
     notes: str = ""
     changes: tuple[Change, ...] = ()
     uses: tuple[Use, ...] = ()
-    importers: tuple[str, ...] = ()
+    importers: tuple[str, ...] = ()  # the first files it reaches (imports, workflows, ...)
+    sites: tuple[Bump, ...] = ()  # every manifest it moves in; empty means only ``bump``
+    label: str = "Imported by"
+    reached: int = 0  # how many files it reaches in all
+    cut: str = ""  # why the search for it stopped early
+    none: str = REACH_ALL_NONE
+    searched: bool = True  # False when cibot knows no way to find what uses it
+
+    @property
+    def manifests(self) -> tuple[Bump, ...]:
+        """Return every manifest move of the package, ``bump``'s first file first."""
+        return self.sites or (self.bump,)
+
+    @property
+    def pairs(self) -> dict[tuple[str, str], str]:
+        """Return each distinct (from, to) the package moves by, with that move's kind."""
+        return {(b.old, b.new): b.kind for b in self.manifests}
 
     @property
     def used_changes(self) -> tuple[Change, ...]:
@@ -691,7 +1143,7 @@ class Upgrade:
 
     @property
     def affected(self) -> tuple[str, ...]:
-        """Return the files the upgrade touches: use sites first, then importers."""
+        """Return the files the upgrade touches: use sites first, then the files it reaches."""
         return tuple(dict.fromkeys([u.path for u in self.uses] + list(self.importers)))
 
 
@@ -705,6 +1157,7 @@ class Survey:
     total: int = 0
     sha: str = ""
     changed: tuple[str, ...] = ()
+    cut: str = ""  # why a search stopped early, when one did
 
     def removed_symbols(self) -> tuple[str, ...]:
         """Return the removed or renamed names in use, for the router's removed_api reason."""
@@ -719,23 +1172,49 @@ class Survey:
         return frozenset(p for u in self.upgrades for p in u.affected) | frozenset(self.changed)
 
 
+def packages(bumps: Iterable[Bump]) -> list[tuple[Bump, ...]]:
+    """Group bumps by package (ecosystem and name), in order of first appearance."""
+    groups: dict[tuple[str, str], list[Bump]] = {}
+    for bump in bumps:
+        groups.setdefault((bump.ecosystem, bump.name), []).append(bump)
+    return [tuple(group) for group in groups.values()]
+
+
+def _speaker(sites: Sequence[Bump]) -> Bump:
+    """Return the move that speaks for a package: the first of its most severe kind."""
+    return min(sites, key=lambda b: KINDS.index(b.kind))
+
+
 def survey(
     bumps: Sequence[Bump], files: Sequence[FileChange], body: str, source: Source, *, sha: str = ""
 ) -> Survey:
-    """Find what upstream changed for each bump and where this repo uses it."""
+    """Group the bumps by package, find what upstream changed and what in this repo each touches."""
     paths = source.paths()
-    sections = release_notes(body, bumps)
-    upgrades = [_upstream(b, files, sections.get(b.name, ""), paths, source) for b in bumps]
+    groups = packages(bumps)
+    speakers = [_speaker(group) for group in groups]
+    sections = release_notes(body, speakers)
+    upgrades = [
+        dataclasses.replace(
+            _upstream(b, files, sections.get(b.name, ""), paths, source),
+            sites=group if len(group) > 1 else (),
+        )
+        for b, group in zip(speakers, groups, strict=True)
+    ]
     changed = tuple(f.path for f in files)
-    code = _code_paths(paths, upgrades, frozenset(changed))
-    searched = _search(upgrades, code[:MAX_FILES_READ], source)
+    if isinstance(source, Greppable):
+        searched, read, total, cut = _grep_search(upgrades, source), len(paths), len(paths), ""
+        cut = next((u.cut for u in searched if u.cut), "")
+    else:
+        searched, read, total = _scan_search(upgrades, paths, source, frozenset(changed))
+        cut = ""
     return Survey(
         upgrades=tuple(searched),
         scope=source.scope,
-        read=min(len(code), MAX_FILES_READ),
-        total=len(code),
+        read=read,
+        total=total,
         sha=sha,
         changed=changed,
+        cut=cut,
     )
 
 
@@ -762,44 +1241,114 @@ def _upstream(
     )
 
 
-def _code_paths(
-    paths: Sequence[str], upgrades: Sequence[Upgrade], changed: frozenset[str]
-) -> list[str]:
-    """Return the code files worth searching, the PR's own first, vendored copies left out."""
-    suffixes = tuple(s for u in upgrades for s in ECOSYSTEMS.get(ecosystem(u.bump.path), ()))
-    code = [
-        p for p in paths if p.endswith(suffixes) and not VENDOR_DIRS.intersection(p.split("/")[:-1])
-    ]
-    return sorted(code, key=lambda p: (p not in changed, p))
+@dataclass
+class _Findings:
+    """Collect one upgrade's matching lines while a search runs."""
+
+    reach: Reach
+    reaching: list[Hit] = dataclasses.field(default_factory=list)
+    naming: list[Hit] = dataclasses.field(default_factory=list)
+    cut: str = ""
 
 
-def _search(upgrades: Sequence[Upgrade], paths: Sequence[str], source: Source) -> list[Upgrade]:
-    """Read each code file once and record, per upgrade, its importers and use sites."""
-    plans = [
-        (u, ECOSYSTEMS.get(ecosystem(u.bump.path), ()), import_pattern(u.bump, u.move))
-        for u in upgrades
-    ]
-    importers: list[list[str]] = [[] for _ in upgrades]
-    uses: list[list[Use]] = [[] for _ in upgrades]
-    for path in paths:
-        text = source.read(path)
-        if text is None:
-            continue
-        for index, (upgrade, suffixes, imports) in enumerate(plans):
-            if not path.endswith(suffixes):
-                continue
-            imported, found = uses_in(path, text, upgrade.changes, imports)
-            if imported:
-                importers[index].append(path)
-            if upgrade.move and imported:
-                found += module_uses(path, text, upgrade.move, imports)
-            uses[index].extend(found)
-    return [
-        dataclasses.replace(
-            u, uses=tuple(uses[i][:MAX_USES]), importers=tuple(importers[i][:MAX_IMPORTERS])
+def _names_grep(changes: Sequence[Change]) -> str:
+    """Return an extended regex matching any changed name as a whole word."""
+    names = sorted({_ere(c.name) for c in changes if len(c.name) >= MIN_NAME_CHARS})
+    return rf"(^|[^[:alnum:]_$])({'|'.join(names)})([^[:alnum:]_$]|$)" if names else ""
+
+
+def _grep_search(upgrades: Sequence[Upgrade], source: Greppable) -> list[Upgrade]:
+    """Search the whole tree: one git grep per kind of file for the packages, one for removed names."""
+    findings = {i: _Findings(r) for i, u in enumerate(upgrades) if (r := reach_of(u.bump, u.move))}
+    batches: dict[tuple[tuple[str, ...], bool], list[int]] = {}
+    for index, found in findings.items():
+        batches.setdefault((found.reach.globs, found.reach.ignore_case), []).append(index)
+    for (globs, ignore_case), members in batches.items():
+        grepped = source.grep(
+            [findings[i].reach.grep for i in members], globs, ignore_case=ignore_case
         )
-        for i, u in enumerate(upgrades)
+        for index in members:
+            findings[index].reaching = [
+                h for h in grepped.hits if findings[index].reach.line(h.text)
+            ]
+            findings[index].cut = grepped.cut
+        wanted = [i for i in members if findings[i].reach.code and _names_grep(upgrades[i].changes)]
+        if wanted:
+            patterns = [_names_grep(upgrades[i].changes) for i in wanted]
+            named = source.grep(patterns, globs, ignore_case=False)
+            for index in wanted:
+                findings[index].naming = list(named.hits)
+                findings[index].cut = findings[index].cut or named.cut
+    return [_found(u, findings.get(i)) for i, u in enumerate(upgrades)]
+
+
+def _scan_search(
+    upgrades: Sequence[Upgrade], paths: Sequence[str], source: Source, changed: frozenset[str]
+) -> tuple[list[Upgrade], int, int]:
+    """Without a checkout, read at most MAX_FILES_READ files, the PR's own first, line by line."""
+    findings = {i: _Findings(r) for i, u in enumerate(upgrades) if (r := reach_of(u.bump, u.move))}
+    globs = tuple(dict.fromkeys(g for f in findings.values() for g in f.reach.globs))
+    code = sorted(
+        (
+            p
+            for p in paths
+            if _matches(p, globs) and not VENDOR_DIRS.intersection(p.split("/")[:-1])
+        ),
+        key=lambda p: (p not in changed, p),
+    )
+    names = {i: _name_words(upgrades[i].changes) for i in findings}
+    for path in code[:MAX_FILES_READ]:
+        text = source.read(path)
+        mine = [i for i, f in findings.items() if _matches(path, f.reach.globs)]
+        for number, line in enumerate((text or "").splitlines() if mine else (), 1):
+            hit = Hit(path, number, line)
+            for index in mine:
+                if findings[index].reach.line(line):
+                    findings[index].reaching.append(hit)
+                pattern = names[index]
+                if pattern and findings[index].reach.code and pattern.search(line):
+                    findings[index].naming.append(hit)
+    searched = [_found(u, findings.get(i)) for i, u in enumerate(upgrades)]
+    return searched, min(len(code), MAX_FILES_READ), len(code)
+
+
+def _name_words(changes: Sequence[Change]) -> re.Pattern[str] | None:
+    """Match any changed name as a whole word (the scan's version of ``_names_grep``)."""
+    names = sorted({re.escape(c.name) for c in changes if len(c.name) >= MIN_NAME_CHARS})
+    return re.compile(rf"(?<![\w$])(?:{'|'.join(names)})(?![\w$])") if names else None
+
+
+def _matches(path: str, globs: Sequence[str]) -> bool:
+    """Tell whether a path matches one of these git pathspec globs (``*`` crosses folders)."""
+    return any(fnmatch.fnmatchcase(path, glob) for glob in globs)
+
+
+def _found(upgrade: Upgrade, found: _Findings | None) -> Upgrade:
+    """Turn a search's matching lines into the upgrade's reached files and use sites."""
+    if found is None:
+        return dataclasses.replace(upgrade, searched=False, none=REACH_UNKNOWN)
+    reached = list(dict.fromkeys(h.path for h in found.reaching))
+    importing = set(reached)
+    uses = [
+        use
+        for hit in found.naming
+        if hit.path in importing
+        for use in line_uses(hit, upgrade.changes)
     ]
+    if upgrade.move:
+        uses += [
+            Use(h.path, h.line, h.text.strip()[:MAX_SNIPPET_CHARS], upgrade.move[0])
+            for h in found.reaching
+        ]
+    return dataclasses.replace(
+        upgrade,
+        uses=tuple(uses[:MAX_USES]),
+        importers=tuple(reached[:MAX_IMPORTERS]),
+        reached=len(reached),
+        label=found.reach.label,
+        cut=found.cut,
+        none=found.reach.none,
+    )
 
 
 # ---- the job's steps ----------------------------------------------------------------------------
@@ -813,12 +1362,17 @@ def gather(
     pull = github.pull(ref.repo, number)
     diff = github.pull_diff(ref.repo, number)
     evidence = evidence_from_diff(diff, repo=ref.repo, labels=frozenset(pull.labels))
-    found = tuple(deps.bumps(evidence.files))
-    if not found:
+    sites = tuple(deps.bump_sites(evidence.files))
+    if not sites:
         nothing_to_do(github, ref, evidence.files)
     head = ref.head_sha or pull.head_sha
-    chosen = source or source_for(github, ref.repo, head, diff)
-    facts = survey(found, evidence.files, pull.body or "", chosen, sha=head)
+    with tempfile.TemporaryDirectory(prefix="cibot-deps-") as folder:
+        chosen = (
+            source
+            or checkout_source(github, ref.repo, head, Path(folder))
+            or source_for(github, ref.repo, head, diff)
+        )
+        facts = survey(sites, evidence.files, pull.body or "", chosen, sha=head)
     notes = sum(count(u.notes) for u in facts.upgrades[:MAX_BUMPS_SHOWN])
     evidence = dataclasses.replace(
         evidence,
@@ -829,36 +1383,55 @@ def gather(
     log.info(
         "deps surveyed",
         extra=log_fields(
-            ref, bumps=len(found), removed_in_use=len(evidence.removed_symbols), scope=chosen.scope
+            ref,
+            bumps=len(sites),
+            packages=len(facts.upgrades),
+            removed_in_use=len(evidence.removed_symbols),
+            scope=chosen.scope,
         ),
     )
     return Gathered(pull=pull, diff=diff, evidence=evidence, policy=policy, extra={"survey": facts})
 
 
 def nothing_to_do(github: GitHubPort, ref: JobRef, files: Sequence[FileChange]) -> None:
-    """Post the short "nothing to do" reply and stop the job before any model call."""
-    manifests = sorted({f.path for f in files if deps.is_manifest(f.path)})
-    why = (
-        NO_BUMP.format(manifests=", ".join(f"`{cell(p, 120)}`" for p in manifests[:5]))
-        if manifests
-        else NO_MANIFEST
+    """Post the short "nothing to do" reply, naming the files read, and stop before any model call."""
+    read = sorted({f.path for f in files if not f.binary and deps.format_of(f.path)})
+    unread = [f"`{cell(f.path, 120)}` ({what})" for f in files if (what := unread_manifest(f.path))]
+    if read:
+        why = NO_BUMP.format(files=_listed(read))
+        message = NOTHING_NO_BUMP.format(n=len(read), files=_listed(read, code=False))
+    else:
+        paths = [f.path for f in files]
+        why = NO_VERSION_FILE.format(files=_listed(paths))
+        message = NOTHING_NO_FILE.format(files=_listed(paths, code=False))
+    body = NOTHING_TEMPLATE.format(
+        why=why,
+        unread=UNREAD_NOTE.format(files=", ".join(unread[:5])) if unread else "",
+        marker=MARKER,
     )
-    github.upsert_comment(
-        ref.repo, _number(ref), marker=MARKER, body=NOTHING_TEMPLATE.format(why=why, marker=MARKER)
-    )
-    raise NothingToDo(
-        "this pull request changes no dependency version, so there are no upgrade notes to write",
-        posted=True,
-    )
+    github.upsert_comment(ref.repo, _number(ref), marker=MARKER, body=body)
+    raise NothingToDo(message, posted=True)
+
+
+def unread_manifest(path: str) -> str:
+    """Name the package manager whose manifest this is when cibot cannot read it ("" otherwise)."""
+    return next((what for pattern, what in UNREAD_MANIFESTS if pattern.search(path)), "")
+
+
+def _listed(paths: Sequence[str], *, code: bool = True, limit: int = 5) -> str:
+    """List a few paths (as code spans for a post), saying how many more there are."""
+    shown = [f"`{cell(p, 120)}`" if code else p[:120] for p in paths[:limit]]
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(shown) + more
 
 
 def request(gathered: Gathered, decision: Decision) -> ModelRequest:
-    """Describe each bump and pack the diff into what the tier's window leaves."""
+    """Describe each package and pack the diff into what the tier's window leaves."""
     policy = gathered.policy
     facts: Survey = gathered.extra["survey"]
     tag = nonce()
     system = SYSTEM_PROMPT.format(tag=tag)
-    bumps = untrusted(_bump_blocks(facts.upgrades[:MAX_BUMPS_SHOWN]), tag)
+    bumps = untrusted(_bump_blocks(facts, facts.upgrades[:MAX_BUMPS_SHOWN]), tag)
     frame = _user_prompt(tag, gathered.pull.title, facts, bumps)
     reserve = policy.tasks["deps"].expected_output_tokens + policy.behaviour.context_reserve_tokens
     room = packing.budget(
@@ -893,8 +1466,8 @@ def _user_prompt(
     )
 
 
-def _bump_blocks(upgrades: Sequence[Upgrade]) -> str:
-    """Describe each bump for the prompt: versions, removed names, uses, importers, notes."""
+def _bump_blocks(facts: Survey, upgrades: Sequence[Upgrade]) -> str:
+    """Describe each package for the prompt: versions, manifests, removed names, reach, notes."""
     room = MAX_PROMPT_NOTES_TOKENS * 7 // 2 // max(len(upgrades), 1)  # chars per bump's notes
     return "\n\n".join(
         BUMP_PROMPT.format(
@@ -903,15 +1476,48 @@ def _bump_blocks(upgrades: Sequence[Upgrade]) -> str:
             old=u.bump.old,
             new=u.bump.new,
             kind=u.bump.kind,
-            where=f"{u.bump.path}:{u.bump.line}",
+            where=_where(u),
             module=MODULE_PROMPT.format(old=u.move[0], new=u.move[1]) if u.move else "",
             changes=", ".join(_change_text(c) for c in u.changes) or NONE_FOUND,
             uses="; ".join(f"{s.path}:{s.line}: {s.text}" for s in u.uses) or NONE_FOUND,
-            importers=", ".join(u.importers) or NONE_FOUND,
+            label=u.label,
+            importers=reach_text(facts, u),
             notes=normalise_notes(u.notes)[:room].strip() or NO_NOTES,
         )
         for index, u in enumerate(upgrades, 1)
     )
+
+
+def _where(upgrade: Upgrade) -> str:
+    """List the manifests a package moves in; with versions when they differ from its line."""
+    shown = upgrade.manifests[:MAX_SITES_SHOWN]
+    if len(upgrade.pairs) == 1:
+        sites = [SITE.format(path=b.path, line=b.line) for b in shown]
+    else:
+        sites = [
+            SITE_VERSIONS.format(path=b.path, line=b.line, old=b.old, new=b.new, kind=b.kind)
+            for b in shown
+        ]
+    more = len(upgrade.manifests) - len(shown)
+    return "; ".join(sites) + (f"; and {more} more manifests" if more > 0 else "")
+
+
+def reach_text(facts: Survey, upgrade: Upgrade) -> str:
+    """Say which files a package reaches, and honestly how much of the repository was searched."""
+    files = ", ".join(upgrade.importers)
+    if upgrade.reached > len(upgrade.importers):
+        files = MORE_FILES.format(files=files, n=upgrade.reached - len(upgrade.importers))
+    if not upgrade.searched:
+        return upgrade.none
+    if facts.scope == "diff":
+        return REACH_DIFF.format(found=files) if files else REACH_DIFF_NONE
+    if facts.scope == "tree" and facts.read < facts.total:
+        if files:
+            return REACH_TREE.format(found=files, read=facts.read, total=facts.total)
+        return REACH_TREE_NONE.format(read=facts.read, total=facts.total)
+    if upgrade.cut:
+        return REACH_CUT.format(found=files or NONE_FOUND, why=upgrade.cut)
+    return files or upgrade.none
 
 
 def _change_text(change: Change) -> str:
@@ -921,49 +1527,78 @@ def _change_text(change: Change) -> str:
 
 
 def _more(n: int) -> str:
-    """Say how many bumps the prompt leaves out."""
+    """Say how many packages the prompt leaves out."""
     return f", {n} more not shown" if n > 0 else ""
 
 
 def validate(gathered: Gathered, data: Any) -> None:
-    """Reject a reply that names a bump, version, kind or path that was not detected."""
+    """Reject a reply that names a package, version, kind or path that was not detected."""
     if not isinstance(data, Mapping) or not str(data.get("summary", "")).strip():
         raise ValueError("the reply's 'summary' is empty")
     entries = data.get("bumps")
     if not isinstance(entries, list):
         raise ValueError("the reply must carry a 'bumps' list")
     facts: Survey = gathered.extra["survey"]
-    known, seen = facts.known_paths(), set()
+    known = facts.known_paths()
     for index, entry in enumerate(entries):
-        upgrade = match(facts, entry, f"bumps[{index}]")
-        if upgrade.bump.name in seen:
-            raise ValueError(f"bumps[{index}] describes {upgrade.bump.name[:80]!r} twice")
-        seen.add(upgrade.bump.name)
+        match(facts, entry, f"bumps[{index}]")
         for path in entry.get("affected") or []:
             if str(path) not in known:
                 raise ValueError(
                     f"bumps[{index}].affected names {str(path)[:80]!r}, which the search did not "
                     "find and the PR does not change"
                 )
+    merged(facts, entries)
 
 
-def match(facts: Survey, entry: Any, where: str) -> Upgrade:
-    """Return the detected upgrade a reply entry describes, or raise ValueError."""
+def merged(facts: Survey, entries: Sequence[Any]) -> dict[int, dict[str, Any]]:
+    """Merge the reply's entries per package (the index of its upgrade), keeping their order.
+
+    Two entries for one package are merged: their affected paths joined, their distinct
+    notes joined. They must agree: giving the same versions two different kinds is rejected.
+    """
+    out: dict[int, dict[str, Any]] = {}
+    kinds: dict[tuple[int, str, str], str] = {}
+    for position, entry in enumerate(entries):
+        index = match(facts, entry, f"bumps[{position}]")
+        pair = (index, _version(entry.get("from")), _version(entry.get("to")))
+        if kinds.setdefault(pair, str(entry.get("kind"))) != entry.get("kind"):
+            name = facts.upgrades[index].bump.name[:80]
+            raise ValueError(f"bumps[{position}] describes {name!r} again with another kind")
+        if index not in out:
+            out[index] = {**entry, "affected": list(entry.get("affected") or [])}
+            continue
+        first = out[index]
+        first["affected"] = list(
+            dict.fromkeys([*first["affected"], *(entry.get("affected") or [])])
+        )
+        notes = str(entry.get("notes", "")).strip()
+        if notes and notes not in str(first.get("notes", "")):
+            first["notes"] = f"{str(first.get('notes', '')).strip()} {notes}".strip()
+    return out
+
+
+def match(facts: Survey, entry: Any, where: str) -> int:
+    """Return the index of the detected upgrade a reply entry describes, or raise ValueError."""
     if not isinstance(entry, Mapping):
         raise ValueError(f"{where} is not an object")
     name = _name_key(entry.get("name"))
-    for upgrade in facts.upgrades:
-        bump = upgrade.bump
-        if name not in {_name_key(bump.name), *(_name_key(p) for p in upgrade.move or ())}:
+    pair = (_version(entry.get("from")), _version(entry.get("to")))
+    named = [
+        (index, upgrade)
+        for index, upgrade in enumerate(facts.upgrades)
+        if name in {_name_key(upgrade.bump.name), *(_name_key(p) for p in upgrade.move or ())}
+    ]
+    for index, upgrade in named:
+        kinds = {(_version(a), _version(b)): kind for (a, b), kind in upgrade.pairs.items()}
+        if pair not in kinds:
             continue
-        if (_version(entry.get("from")), _version(entry.get("to"))) != (
-            _version(bump.old),
-            _version(bump.new),
-        ):
-            raise ValueError(f"{where} gives versions that differ from {bump.old} → {bump.new}")
-        if entry.get("kind") != bump.kind:
-            raise ValueError(f"{where}.kind must be {bump.kind!r} for {bump.name[:80]}")
-        return upgrade
+        if entry.get("kind") not in (kinds[pair], upgrade.bump.kind):
+            raise ValueError(f"{where}.kind must be {kinds[pair]!r} for {upgrade.bump.name[:80]}")
+        return index
+    if named:
+        listed = ", ".join(f"{a} → {b}" for a, b in list(named[0][1].pairs)[:4])
+        raise ValueError(f"{where} gives versions that differ from {listed}")
     raise ValueError(f"{where} names {str(entry.get('name'))[:80]!r}, which this PR does not bump")
 
 
@@ -983,15 +1618,17 @@ def render(
     """Build the sticky comment: table, breaking surface, upgrade notes, scope and footer."""
     facts: Survey = gathered.extra["survey"]
     data: Mapping[str, Any] = completion.data
-    replies = {match(facts, e, "bump").bump.name: e for e in data.get("bumps", [])}
+    replies = merged(facts, data.get("bumps", []))
     shown = facts.upgrades[:MAX_BUMPS_SHOWN]
-    rows = [_row(u, replies.get(u.bump.name)) for u in shown]
+    rows = [_row(u, replies.get(i)) for i, u in enumerate(shown)]
     if len(facts.upgrades) > len(shown):
         rows.append(MORE_ROWS.format(n=len(facts.upgrades) - len(shown)))
     breaking = [item for u in shown for item in _breaking(u)]
     notes = [
-        NOTE_ITEM.format(name=_code(name), notes=_one_line(entry.get("notes", "")))
-        for name, entry in replies.items()
+        NOTE_ITEM.format(
+            name=_code(facts.upgrades[i].bump.name), notes=_one_line(entry.get("notes", ""))
+        )
+        for i, entry in replies.items()
         if str(entry.get("notes", "")).strip()
     ]
     body = BODY_TEMPLATE.format(
@@ -1007,21 +1644,17 @@ def render(
 
 
 def _row(upgrade: Upgrade, entry: Mapping[str, Any] | None) -> str:
-    """Render one table row from the detected facts, adding the reply's validated paths."""
+    """Render one package's row from the detected facts, adding the reply's validated paths."""
     bump = upgrade.bump
     extra = [str(p) for p in (entry or {}).get("affected") or []]
     affected = list(dict.fromkeys([*upgrade.affected, *extra]))
     cells = ", ".join(_code(p) for p in affected[:6])
     if len(affected) > 6:
         cells += f" and {len(affected) - 6} more"
+    pairs = [PAIR.format(old=_code(a), new=_code(b)) for a, b in upgrade.pairs]
+    versions = ", ".join(pairs[:3]) + (f" and {len(pairs) - 3} more" if len(pairs) > 3 else "")
     kind = f"**{bump.kind}**" if bump.kind == "major" else bump.kind
-    return ROW.format(
-        name=_code(bump.name),
-        old=_code(bump.old),
-        new=_code(bump.new),
-        kind=kind,
-        affected=cells or "—",
-    )
+    return ROW.format(name=_code(bump.name), versions=versions, kind=kind, affected=cells or "—")
 
 
 def _breaking(upgrade: Upgrade) -> Iterator[str]:
@@ -1057,11 +1690,14 @@ def _sites(items: Sequence[str]) -> str:
 
 def scope_line(facts: Survey) -> str:
     """Say honestly how much of the repository the search covered."""
-    cut = SCOPE_CUT.format(limit=MAX_FILES_READ) if facts.total > MAX_FILES_READ else ""
-    if facts.scope == "tree":
-        return SCOPE_TREE.format(read=facts.read, total=facts.total, sha=facts.sha[:12], cut=cut)
+    stopped = SCOPE_STOPPED.format(why=facts.cut) if facts.cut else ""
+    if facts.scope == "git":
+        return SCOPE_GIT.format(total=facts.total, sha=facts.sha[:12], cut=stopped)
     if facts.scope == "checkout":
-        return SCOPE_CHECKOUT.format(read=facts.read, total=facts.total, cut=cut)
+        return SCOPE_CHECKOUT.format(total=facts.total, cut=stopped)
+    if facts.scope == "tree":
+        cut = SCOPE_CUT.format(limit=MAX_FILES_READ) if facts.total > MAX_FILES_READ else ""
+        return SCOPE_TREE.format(read=facts.read, total=facts.total, sha=facts.sha[:12], cut=cut)
     return SCOPE_DIFF.format(read=facts.read)
 
 
