@@ -323,17 +323,18 @@ _CLASS_NAME = re.compile(
     + "|".join(map(re.escape, _class_names()))
     + r"|[A-Z][A-Za-z0-9]*(?:Error|Exception)|[A-Z][A-Za-z0-9]*[a-z]Timeout)\b(?::\s*)?"
 )
+MARK = "\x00"  # stands where a class name was, so tidying touches only those places
 _TIDY = (
-    (re.compile(r"\(\s*[,;:]?\s*\)"), ""),  # "()" left where "(ValueError)" was
-    (re.compile(r"\(\s*[,;:]\s*"), "("),
-    (re.compile(r"\s*[,;:]\s*\)"), ")"),
+    (re.compile(rf"\(\s*{MARK}\s*\)"), ""),  # "(ValueError)" goes entirely
+    (re.compile(rf"\s*[,;]\s*{MARK}(?=\))"), ""),  # "(timeout, ReadTimeout)" -> "(timeout)"
+    (re.compile(rf"{MARK}\s*"), ""),
     (re.compile(r"\s{2,}"), " "),
 )
 
 
 def scrub_class_names(text: str) -> str:
     """Remove Python class names from text meant for a person: they tell a reader nothing."""
-    text = _CLASS_NAME.sub("", text)
+    text = _CLASS_NAME.sub(MARK, text.replace(MARK, ""))
     for pattern, replacement in _TIDY:
         text = pattern.sub(replacement, text)
     return text.strip().lstrip(":;, ").strip()

@@ -570,7 +570,8 @@ def test_a_job_that_fails_on_every_tier_records_its_whole_walk(world: World) -> 
 def test_failure_lines_name_no_class_and_say_what_to_do() -> None:
     """Every error maps to a sentence, a next step and an exit code; bugs included."""
     bug = describe(ValueError("invalid literal for int() with base 10: 'x'"))
-    assert bug.exit_code == EXIT_FAILED and bug.what.startswith("unexpected internal error")
+    assert bug.exit_code == EXIT_FAILED
+    assert bug.what == "unexpected internal error (invalid literal for int() with base 10: 'x')"
     assert "CIBOT_LOG_LEVEL=debug" in bug.hint
     quoted = describe(ConfigError("Redis is not reachable (redis.ConnectionError: refused)"))
     assert (quoted.exit_code, quoted.what) == (EXIT_BAD_INPUT, "Redis is not reachable (refused)")
