@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -42,6 +42,7 @@ from bot.errors import (
     RateLimited,
 )
 from bot.settings import Settings
+from workers import posts
 
 log = logging.getLogger(__name__)
 
@@ -533,6 +534,11 @@ def _bad_key() -> ConfigError:
     )
 
 
+def _host(url: str) -> str:
+    """Return the lower-case host of a URL (a GitHub Enterprise API base)."""
+    return (urllib.parse.urlsplit(url).hostname or "").lower()
+
+
 def _http_client(base_url: str, timeout: float) -> httpx.Client:
     """Build the httpx client used for the calls PyGithub does not cover.
 
@@ -875,9 +881,25 @@ class GitHubClient:
 
     # ------------------------------------------------------------ writes
 
+    def _clean(self, kind: str, repo: str, body: str) -> str:
+        """Strip images, foreign links and raw HTML from text the bot is about to post.
+
+        Every post may carry model output, which is untrusted: an injected PR can make a
+        model write an image that leaks what it saw to another host (workers/posts.py).
+        """
+        api = self.base_url
+        hosts = frozenset() if api == DEFAULT_BASE_URL else frozenset({_host(api)})
+        cleaned = posts.sanitize(body, allowed_hosts=hosts)
+        if cleaned.removed():
+            log.warning(
+                "removed from a post", extra={"call": kind, "repo": repo, **cleaned.removed()}
+            )
+        return cleaned.text
+
     def upsert_comment(self, repo: str, number: int, *, marker: str, body: str) -> int:
         """Edit the bot's comment carrying ``marker``, or create it; return its id."""
         _check_marker(marker)
+        body = self._clean("upsert_comment", repo, body)
         text = _fit(body if marker in body else f"{body}\n\n{marker}", marker)
         login = self._login()
 
@@ -904,9 +926,10 @@ class GitHubClient:
         """Post one review with all its line comments in a single API call; return its id."""
         if event not in REVIEW_EVENTS:
             raise InputError(f"review event {event!r} is not one of {', '.join(REVIEW_EVENTS)}")
+        comments = [replace(c, body=self._clean("create_review", repo, c.body)) for c in comments]
         payload = {
             "commit_id": commit_sha,
-            "body": body,
+            "body": self._clean("create_review", repo, body),
             "event": event,
             "comments": [_review_comment_payload(c) for c in comments],
         }
@@ -929,6 +952,7 @@ class GitHubClient:
     ) -> int:
         """Update this App's check run of that name on the commit, or create it; return its id."""
         _check_run_state(status, conclusion)
+        summary, text = (self._clean("upsert_check_run", repo, t) for t in (summary, text))
         output: dict[str, str | list[dict[str, str | int]]] = {
             "title": title[:255] or name,
             "summary": _fit(summary or title or name, ""),

