@@ -1,14 +1,23 @@
-"""Check that redaction removes every planted secret, counts it by kind, and spares code."""
+"""Check that redaction removes every planted secret, counts it by kind, and spares the rest:
+digests, ids, names, alphabets and paths, and the visible difference of a changed line."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import string
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from workers.redaction import Redacted, redact, redact_all, shannon_entropy
+from tests.benchmarks.bench_redaction import PLANTS, identical_pairs, new_file, plant_into
+from workers.jobs.review import annotate
+from workers.redaction import Redacted, redact, redact_all, scan, shannon_entropy
 
 AWS_ID = "AKIAIOSFODNN7EXAMPLE"
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -146,3 +155,320 @@ def test_planted_tokens_never_survive_any_surroundings(before, after, secret):
     result = redact(f"{before}\n{secret}\n{after}")
     assert secret not in result.text
     assert result.total >= 1
+
+
+# -- what changed lines may hold: planted secrets of every kind, and things that are not ------
+
+
+@pytest.mark.parametrize("plant", PLANTS, ids=[p.what for p in PLANTS])
+def test_every_planted_secret_is_redacted_in_its_file_type(plant):
+    diff = new_file(plant.path, plant.lines)
+    for text in (diff, annotate(diff)):  # as git prints it, and as the review prompt labels it
+        result = redact(text)
+        assert not [s for s in plant.secrets if s in result.text], plant.what
+        assert result.total >= 1
+
+
+@pytest.mark.parametrize(
+    ("path", "line", "secret", "kind"),
+    [
+        (
+            "app/cache.py",
+            'URL = "redis://:Sup3rS3cretPw@cache:6379/0"',
+            "Sup3rS3cretPw",
+            "basic_auth",
+        ),
+        ("app/cache.py", 'URL = "redis://:pass@host:6379"', "pass", "basic_auth"),
+        ("main.go", 'dsn := "postgres://app:G0secret@db/app"', "G0secret", "basic_auth"),
+        (
+            "db.py",
+            'connect("host=db dbname=app user=app password=Xk9qLp2w")',
+            "Xk9qLp2w",
+            "dsn_password",
+        ),
+        (
+            "Db.cs",
+            'cs = "Server=sql;Database=app;User Id=sa;Password=Tr0ub4dor&3;";',
+            "Tr0ub4dor&3",
+            "dsn_password",
+        ),
+        (
+            "a.js",
+            'u = "jdbc:mysql://db/app?user=app&password=Qw3rty99"',
+            "Qw3rty99",
+            "dsn_password",
+        ),
+        ("docs/ops.md", "The admin password is `Hunter2-Prod!`.", "Hunter2-Prod!", "password"),
+        ("docs/ops.md", "Password: **`c0rrect-h0rse`**", "c0rrect-h0rse", "password"),
+        (
+            "deploy/values.yaml",
+            "signing: 8fJ2kL9mQ4rT7wX1zB5nV3cY6hG0dS2aP8eU",
+            "8fJ2kL9mQ4rT7wX1zB5nV3cY6hG0dS2aP8eU",
+            "high_entropy",
+        ),
+        (
+            "app.toml",
+            'webhook = "Zq8Xv2Lm9Nt4Rb7Wc1Yd5Kp3Hs6Jf0Ga2"',
+            "Zq8Xv2Lm9Nt4Rb7Wc1Yd5Kp3Hs6Jf0Ga2",
+            "high_entropy",
+        ),
+        (
+            "app.json",
+            '  "upstream": "Zq8Xv2Lm9Nt4Rb7Wc1Yd5Kp3Hs6Jf0Ga2",',
+            "Zq8Xv2Lm9Nt4Rb7Wc1Yd5Kp3Hs6Jf0Ga2",
+            "high_entropy",
+        ),
+        (
+            ".env",
+            "SESSION_SIGNER=Zq8Xv2Lm9Nt4Rb7Wc1Yd5Kp3Hs6Jf0Ga2",
+            "Zq8Xv2Lm9Nt4Rb7Wc1Yd5Kp3Hs6Jf0Ga2",
+            "high_entropy",
+        ),
+        (
+            "pay.py",
+            'stripe.api_key = "' + "sk_" + 'test_4eC39HqLyjWDarjtT1zdp7dc"',
+            "sk_" + "test_4eC39HqLyjWDarjtT1zdp7dc",
+            "stripe_key",
+        ),
+    ],
+)
+def test_shaped_secrets_are_redacted_by_kind(path, line, secret, kind):
+    result = redact(line, path=path)
+    assert secret not in result.text
+    assert result.counts == {kind: 1}
+
+
+def test_a_jwt_is_redacted_whole_signature_included():
+    head, body = "eyJhbGciOiJIUzI1NiJ9", "eyJzdWIiOiI0MiJ9"
+    signature = "kLEK3FZZPsAlQNKR5yHyjRyrlCJFhvKmrh7o-GqDT_zaGQgvb0Dufp8uNS"
+    result = redact(f'tokenString := "{head}.{body}.{signature}"', path="auth_test.go")
+    assert signature not in result.text and body not in result.text
+    assert result.text == 'tokenString := "[REDACTED:jwt]"'
+
+
+NOT_SECRETS = [
+    (
+        "tests/test_etag.py",
+        """    assert resp.headers["ETag"] == '"5d41402abc4b2a76b9719d911017c592"'""",
+    ),
+    ("tests/test_etag.py", 'ETAG = "W/\\"a1b2c3d4e5f60718293a4b5c6d7e8f90\\""'),
+    ("app/ids.py", 'SALT_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789ABCDEFGHJKLMNPQRSTUVWXYZ"'),
+    ("app/ids.py", 'alphabet = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"'),
+    ("app/oauth.py", "        token = OAuth1Token.find(request.oauth_token)"),
+    ("app/oauth.py", "        access_token = OAuth1Token.find_by_key(key)"),
+    (
+        ".github/workflows/deploy.yml",
+        "          workload_identity_provider: projects/123456789/locations/global/"
+        "workloadIdentityPools/github-pool/providers/github-provider",
+    ),
+    (
+        ".github/workflows/ci.yml",
+        "        uses: actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4",
+    ),
+    (".github/workflows/ci.yml", "          rust: stable-x86_64-pc-windows-gnu"),
+    (
+        "deploy/app.yaml",
+        "image: ghcr.io/org/app@sha256:3059df5ce3064de1833d4ecd8850721758953029feb5c154a623701b2fff9c38",
+    ),
+    ("deploy/app.yaml", "id: 123e4567-e89b-12d3-a456-426614174000"),
+    ("Cargo.lock", 'checksum = "301b56658598e48f3648647ac6fc887be7e7108eddfa4e9b63fcf3ec58c0cadf"'),
+    (
+        "package-lock.json",
+        '      "integrity": "sha512-oKarNCN1QUhG148M88mtZdOlBZWWGcInquef+U8QL7gwJkRuNo5WS45Fjsd+3hM9cDJWGpqSZ4Oo097KDx4IWA==",',
+    ),
+    ("vendor.json", '      "checksumSHA1": "CMfwCFcZRDJeIVVbIHa6t4Aewl8=",'),
+    ("data.json", '  "sha": "3059df5ce3064de1833d4ecd8850721758953029",'),
+    ("conf.yaml", "client_id: 1a2b3c4d5e6f7g8h9i0jKLMNOPqrst"),
+    ("settings.py", 'OAUTH2_PROVIDER = {"CLIENT_SECRET_HASHER": "fast_pbkdf2"}'),
+    ("lib/keys.js", "if (privateKey && typeof privateKey === 'string') {"),
+    ("db.py", "conn = connect(host=host, user=user, password=password, dbname=name)"),
+    ("README.md", "Set `password` in the config, or export `DB_PASSWORD`."),
+    ("README.md", "The password is stored in `settings.DB_PASSWORD`."),
+    ("tests/test_ws.py", '    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\n"'),
+    ("app/pem.py", 'if text.startswith("-----BEGIN RSA PRIVATE KEY-----"):'),
+    (".env.example", "SECRET_KEY=changethis"),
+]
+
+
+@pytest.mark.parametrize(("path", "line"), NOT_SECRETS, ids=[line[:40] for _, line in NOT_SECRETS])
+def test_digests_ids_names_alphabets_and_paths_are_left_alone(path, line):
+    diff = diff_of(path, line)
+    for text in (line, diff):
+        result = redact(text, path=path)
+        assert result.text == text and result.counts == {}
+
+
+def test_a_documented_key_with_its_body_elided_is_not_a_key():
+    doc = "clientAssertionSigningKey: '-----BEGIN PRIVATE KEY-----\\nMIIEo...PgCaw\\n-----END PRIVATE KEY-----'"
+    assert redact(doc, path="docs/index.html").text == doc
+
+
+def test_the_file_kind_comes_from_the_diff_header_or_the_path_argument():
+    line = "signing: 8fJ2kL9mQ4rT7wX1zB5nV3cY6hG0dS2aP8eU"
+    assert redact(line).text == line  # prose: a random word under a neutral key is not enough
+    assert redact(line, path="values.yaml").counts == {"high_entropy": 1}
+    other = "signing: Q7mW2xK9pL4vB8nR1tY6cZ3hJ5dF0gS2aE8u"
+    both = diff_of("app/notes.py", other) + "\n" + diff_of("deploy/values.yaml", line)
+    redacted = redact(both).text.split("\n")
+    assert f"+{other}" in redacted[:6] and "+signing: [REDACTED:high_entropy]" in redacted[6:]
+    assert redact(diff_of("tests/fixtures/values.yaml", line)).total == 0  # fixtures are data
+
+
+def test_a_weak_value_is_replaced_where_found_but_not_everywhere():
+    text = diff_of("app.properties", "spring.datasource.password=mysqlpw", "user: mysqlpw_admin")
+    result = redact(text)
+    assert "+spring.datasource.password=[REDACTED:keyword_assignment]" in result.text
+    assert "+user: mysqlpw_admin" in result.text
+
+
+# -- the -/+ pair rule ----------------------------------------------------------------------
+
+
+def changed_pair(path: str, old: str, new: str) -> str:
+    """Build a diff that changes one line of a file."""
+    return "\n".join(
+        [
+            f"diff --git a/{path} b/{path}",
+            f"--- a/{path}",
+            f"+++ b/{path}",
+            "@@ -1,3 +1,3 @@",
+            " name: app",
+            f"-{old}",
+            f"+{new}",
+            " debug: false",
+        ]
+    )
+
+
+def minus_plus(text: str) -> tuple[str, str]:
+    """Return the content of a diff's first - line and first + line, markers and labels cut."""
+    lines = text.split("\n")
+    minus = next(x for x in lines if x.lstrip("RL0123456789 ").startswith("-") and "---" not in x)
+    plus = next(x for x in lines if x.lstrip("RL0123456789 ").startswith("+") and "+++" not in x)
+    return minus.lstrip("RL0123456789 ")[1:], plus.lstrip("RL0123456789 ")[1:]
+
+
+def test_a_changed_secret_shows_as_changed_and_reveals_nothing():
+    old, new = "Zq8Xv2Lm9Nt4Rb7Wc1Yd5Kp3Hs6Jf0Ga2", "Pq1Zv8Lm2Nt9Rb4Wc6Yd0Kp5Hs3Jf7Ga8"
+    diff = changed_pair("deploy/values.yaml", f"api_token: {old}", f"api_token: {new}")
+    for text in (diff, annotate(diff)):
+        result = redact(text)
+        minus, plus = minus_plus(result.text)
+        assert minus != plus and old not in result.text and new not in result.text
+        tags = re.findall(r"\[REDACTED:high_entropy#([0-9a-f]{6})\]", result.text)
+        assert len(tags) == 2 and tags[0] != tags[1]
+        for tag, secret in zip(tags, (old, new), strict=True):
+            for digest in (hashlib.sha256, hashlib.sha1, hashlib.md5):
+                assert tag not in digest(secret.encode()).hexdigest()  # salted, not a bare hash
+        assert result.counts == {"high_entropy": 2}
+    assert " name: app" in redact(diff).text  # untouched lines stay as they were
+
+
+def test_only_pairs_that_would_read_the_same_are_tagged():
+    same = changed_pair("a.py", 'token = "ghp_' + "a" * 36 + '"', 'TOKEN = "ghp_' + "b" * 36 + '"')
+    text = redact(same).text
+    assert "#" not in text and text.count("[REDACTED:github_token]") == 2
+
+
+def test_a_replaced_key_block_shows_which_lines_changed():
+    body_old, body_new = PEM_BODY[0], PEM_BODY[1]
+    diff = "\n".join(
+        [
+            "diff --git a/k.pem b/k.pem",
+            "--- a/k.pem",
+            "+++ b/k.pem",
+            "@@ -1,3 +1,3 @@",
+            " -----BEGIN RSA PRIVATE KEY-----",
+            f"-{body_old}",
+            f"+{body_new}",
+            " -----END RSA PRIVATE KEY-----",
+        ]
+    )
+    result = redact(diff)
+    minus, plus = minus_plus(result.text)
+    assert minus != plus and minus.startswith("[REDACTED:private_key#")
+    assert body_old not in result.text and body_new not in result.text
+    assert result.counts == {"private_key": 1}
+
+
+def test_tags_are_salted_per_process():
+    secret = "Zq8Xv2Lm9Nt4Rb7Wc1Yd5Kp3Hs6Jf0Ga2"
+    diff = changed_pair(
+        "v.yaml", f"api_token: {secret}", "api_token: Pq1Zv8Lm2Nt9Rb4Wc6Yd0Kp5Hs3Jf7Ga8"
+    )
+    here = re.findall(r"#([0-9a-f]{6})", redact(diff).text)[0]
+    code = "import sys; from workers.redaction import redact; print(redact(sys.stdin.read()).text)"
+    root = Path(__file__).resolve().parents[1]
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        input=diff,
+        capture_output=True,
+        text=True,
+        cwd=root,
+        check=True,
+    ).stdout
+    assert re.findall(r"#([0-9a-f]{6})", other)[0] != here  # equal with chance 2**-24
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    old=st.text(alphabet=string.ascii_letters + string.digits, min_size=24, max_size=48),
+    new=st.text(alphabet=string.ascii_letters + string.digits, min_size=24, max_size=48),
+    key=st.sampled_from(["api_token", "password", "signing", "SECRET_KEY"]),
+    path=st.sampled_from(["deploy/values.yaml", ".env", "app/settings.py"]),
+)
+def test_a_changed_pair_never_reads_the_same_after_redaction(old, new, key, path):
+    assume(old != new)
+    sep = " = " if path.endswith(".py") else ("=" if path == ".env" else ": ")
+    quote = '"' if path.endswith(".py") else ""
+    diff = changed_pair(path, f"{key}{sep}{quote}{old}{quote}", f"{key}{sep}{quote}{new}{quote}")
+    for text in (diff, annotate(diff)):
+        minus, plus = minus_plus(redact(text).text)
+        assert minus != plus
+
+
+def test_scan_reports_places_and_kinds_never_values():
+    text = diff_of("s.py", f'AWS = "{AWS_ID}"', f"t = '{GHP}'")
+    found = scan(text)
+    assert [(f.line, f.kind) for f in found] == [(5, "aws_access_key"), (6, "github_token")]
+    lines = text.split("\n")
+    assert [lines[f.line][f.start : f.end] for f in found] == [AWS_ID, GHP]
+    assert not any(s in repr(found) for s in (AWS_ID, GHP))
+
+
+def test_redact_all_takes_a_path_for_every_text():
+    texts, counts = redact_all(
+        ["signing: 8fJ2kL9mQ4rT7wX1zB5nV3cY6hG0dS2aP8eU", "ok: 1"], path="v.yaml"
+    )
+    assert texts == ["signing: [REDACTED:high_entropy]", "ok: 1"] and counts == {"high_entropy": 1}
+
+
+# -- the benchmark's measures can fail --------------------------------------------------------
+
+
+def test_planting_puts_the_secret_into_a_file_of_its_type_or_a_new_one():
+    base = diff_of("app/views.py", "x = 1")
+    py = next(p for p in PLANTS if p.path.endswith(".py") and len(p.lines) == 1)
+    into = plant_into(base, py)
+    assert f"+{py.lines[0]}" in into and "@@ -1,1 +1,3 @@" in into  # same hunk, count bumped
+    env = next(p for p in PLANTS if p.path == ".env")
+    added = plant_into(base, env)
+    assert "diff --git a/.env b/.env" in added and all(s in added for s in env.secrets)
+
+
+def test_identical_pairs_counts_a_pair_that_lost_its_difference():
+    diff = changed_pair("v.yaml", "k: old-value-1", "k: new-value-2")
+    flattened = diff.replace("old-value-1", "[X]").replace("new-value-2", "[X]")
+    assert identical_pairs(diff, flattened) == 1
+    assert identical_pairs(diff, redact(diff).text) == 0
+
+
+def test_the_benchmark_says_how_to_rebuild_missing_diffs(tmp_path):
+    script = Path(__file__).resolve().parent / "benchmarks" / "bench_redaction.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--diffs", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 2 and "rebuild.py" in run.stderr
