@@ -36,6 +36,15 @@ from workers.pipeline import Gathered, Outcome
 fakes = test_pipeline.fakes
 world = test_pipeline.world
 
+
+@pytest.fixture(autouse=True)
+def no_checkout() -> Iterator[None]:
+    """Run without a checkout of the head unless a test installs one: the fake serves no git."""
+    previous = deps.set_checkout(None)
+    yield
+    deps.set_checkout(previous)
+
+
 FIXTURES = Path(__file__).parent / "fixtures" / "jobs" / "deps"
 DEPENDABOT = (FIXTURES / "dependabot_body.md").read_text(encoding="utf-8")
 RENOVATE = (FIXTURES / "renovate_body.md").read_text(encoding="utf-8")
@@ -636,6 +645,8 @@ def test_the_checkout_source_stays_inside_its_root(tmp_path: Path) -> None:
     assert source.read("ok.py") == "import acme_client\n"
     assert source.read("leak.py") is None and source.read("../secret.txt") is None
     assert source.read("big.py") is None and source.read("missing.py") is None
+    found = source.grep(["acme|token"], ["*.py", "*.txt"], ignore_case=False)
+    assert [(h.path, h.line, h.text) for h in found.hits] == [("ok.py", 1, "import acme_client")]
 
 
 def test_the_pr_source_keeps_line_numbers() -> None:
@@ -857,7 +868,7 @@ def commit_project(tmp: Path, base: dict[str, str], head: dict[str, str]) -> Pro
 
 
 @pytest.fixture
-def from_project() -> Iterator[Callable[[Project], None]]:
+def from_project() -> Callable[[Project], None]:
     """Let a test point the job's checkout at its project's bare repository."""
     from workers.jobs import tests as tests_job
 
@@ -866,8 +877,7 @@ def from_project() -> Iterator[Callable[[Project], None]]:
             lambda gh, repo, sha, dest: tests_job.fetch_commit(project.bare.as_uri(), sha, dest)
         )
 
-    yield install
-    deps.set_checkout(None)
+    return install
 
 
 def open_project_pull(world: World, pr: int, project: Project, body: str = "") -> JobRef:
@@ -1131,3 +1141,74 @@ def test_a_git_source_refuses_a_revision_that_is_not_a_sha(tmp_path: Path) -> No
     """A head that is not hex can never reach git's command line as an option."""
     with pytest.raises(InputError, match="not a commit SHA"):
         deps.GitSource(tmp_path, "--output=/tmp/x")
+
+
+POM = """\
+<project>
+  <dependencies>
+    <dependency>
+      <groupId>io.jsonwebtoken</groupId>
+      <artifactId>jjwt-api</artifactId>
+      <version>{version}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+PRE_COMMIT = """\
+repos:
+  - repo: https://github.com/astral-sh/ruff-pre-commit
+    rev: {version}
+    hooks:
+      - id: ruff
+"""
+
+
+def test_every_ecosystem_names_what_it_reaches(tmp_path: Path) -> None:
+    """pip, Cargo, Maven, Bundler, images and pre-commit hooks: each finds its own users only."""
+    base = {
+        "requirements.txt": "PyYAML==6.0\n",
+        "app/settings/loader/conf.py": "import yaml\n",
+        "app/other.py": "import yamlish\n",
+        "Cargo.toml": '[dependencies]\nserde_json = "1.0.100"\n',
+        "src/main.rs": "use serde_json::Value;\n",
+        "pom.xml": POM.format(version="0.11.5"),
+        "src/main/java/App.java": "import io.jsonwebtoken.Jwts;\n",
+        "Gemfile": 'gem "faraday", "~> 2.7"\n',
+        "lib/client.rb": 'require "faraday"\n',
+        "compose.yaml": "services:\n  cache:\n    image: redis:7.0\n",
+        "k8s/redis.yaml": "spec:\n  containers:\n    - image: docker.io/library/redis:7.2\n",
+        "k8s/other.yaml": "spec:\n  containers:\n    - image: bitnami/redis:7.0\n",
+        ".pre-commit-config.yaml": PRE_COMMIT.format(version="v0.4.0"),
+    }
+    head = {
+        "requirements.txt": "PyYAML==6.0.1\n",
+        "Cargo.toml": '[dependencies]\nserde_json = "1.0.120"\n',
+        "pom.xml": POM.format(version="0.12.5"),
+        "Gemfile": 'gem "faraday", "~> 2.9"\n',
+        "compose.yaml": "services:\n  cache:\n    image: redis:7.2\n",
+        ".pre-commit-config.yaml": PRE_COMMIT.format(version="v0.5.0"),
+    }
+    project = commit_project(tmp_path, base, head)
+    files = parse_diff(project.diff)
+    source = deps.GitSource(project.bare, project.head)
+    facts = deps.survey(list(manifests.bump_sites(files)), files, "", source, sha=project.head)
+    reached = {u.bump.name: (u.label, u.importers) for u in facts.upgrades}
+    assert reached == {
+        "pyyaml": ("Imported by", ("app/settings/loader/conf.py",)),
+        "serde-json": ("Imported by", ("src/main.rs",)),  # as Cargo spells it
+        "io.jsonwebtoken:jjwt-api": ("Imported by", ("src/main/java/App.java",)),
+        "faraday": ("Required by", ("lib/client.rb",)),
+        "redis": ("Image used in", ("compose.yaml", "k8s/redis.yaml")),
+        "astral-sh/ruff-pre-commit": ("Hook configured in", (".pre-commit-config.yaml",)),
+    }
+    assert (facts.total, facts.cut) == (len(base), "")
+    assert deps.scope_line(facts) == (
+        f"Searched all {len(base)} files of the repository at `{project.head[:12]}` with git grep."
+    )
+
+
+def test_a_checkout_that_fails_falls_back_to_the_api(tmp_path: Path) -> None:
+    """The production fetch needs the client's clone URL: without one there is no checkout."""
+    deps.set_checkout(deps.fetch_head)
+    assert deps.checkout_source(object(), REPO, "a" * 40, tmp_path) is None
+    assert deps.checkout_source(object(), REPO, "not-a-sha", tmp_path) is None

@@ -882,7 +882,7 @@ class Reach:
 
 def reach_of(bump: Bump, move: tuple[str, str] | None = None) -> Reach | None:
     """Return how to find what a bump touches in this repository, by its ecosystem."""
-    if not MIN_NAME_CHARS - 1 <= len(bump.name) <= MAX_NAME_CHARS:
+    if not bump.name or len(bump.name) > MAX_NAME_CHARS:
         return None
     if bump.ecosystem in ("pip", "npm", "go", "cargo"):
         return _import_reach(bump, move)
@@ -1649,8 +1649,9 @@ def _row(upgrade: Upgrade, entry: Mapping[str, Any] | None) -> str:
     extra = [str(p) for p in (entry or {}).get("affected") or []]
     affected = list(dict.fromkeys([*upgrade.affected, *extra]))
     cells = ", ".join(_code(p) for p in affected[:6])
-    if len(affected) > 6:
-        cells += f" and {len(affected) - 6} more"
+    more = len(affected) - 6 + upgrade.reached - len(upgrade.importers)  # reached, not named
+    if len(affected) > 6 or more > 0:
+        cells += f" and {max(more, 0)} more"
     pairs = [PAIR.format(old=_code(a), new=_code(b)) for a, b in upgrade.pairs]
     versions = ", ".join(pairs[:3]) + (f" and {len(pairs) - 3} more" if len(pairs) > 3 else "")
     kind = f"**{bump.kind}**" if bump.kind == "major" else bump.kind
