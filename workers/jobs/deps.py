@@ -510,6 +510,7 @@ def _grep(command: list[str], prefix: str = "") -> Grepped:
     expired = threading.Event()
 
     def stop() -> None:
+        """Kill git at the deadline and remember why it stopped."""
         expired.set()
         process.kill()
 
@@ -1202,11 +1203,10 @@ def survey(
     ]
     changed = tuple(f.path for f in files)
     if isinstance(source, Greppable):
-        searched, read, total, cut = _grep_search(upgrades, source), len(paths), len(paths), ""
-        cut = next((u.cut for u in searched if u.cut), "")
+        searched, read, total = _grep_search(upgrades, source), len(paths), len(paths)
     else:
         searched, read, total = _scan_search(upgrades, paths, source, frozenset(changed))
-        cut = ""
+    cut = next((u.cut for u in searched if u.cut), "")
     return Survey(
         upgrades=tuple(searched),
         scope=source.scope,
