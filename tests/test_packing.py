@@ -8,7 +8,7 @@ import pytest
 from unidiff.patch import PatchSet
 
 from bot.errors import InputError
-from workers.packing import HunkRef, Omission, Packed, budget, chunks, pack
+from workers.packing import NOTHING, Flags, HunkRef, Omission, Packed, budget, chunks, pack
 from workers.tokens import count
 
 DIFFS = Path(__file__).parent / "fixtures" / "diffs"
@@ -18,9 +18,8 @@ MIXED = (DIFFS / "packing_mixed.diff").read_text(encoding="utf-8")
 INVOICE = "services/billing/invoice.py"
 
 
-def auth(path: str) -> bool:
-    """Call the auth package sensitive, as a policy's sensitive paths would."""
-    return path.startswith("src/auth/")
+# The auth module flagged as sensitive, as the router's reasons would flag it.
+AUTH = Flags(paths=frozenset({"src/auth/session.py"}))
 
 
 def hunk_texts(text: str) -> dict[tuple[str, int, int], list[str]]:
@@ -52,9 +51,10 @@ def test_everything_fits_in_a_big_budget() -> None:
     assert packed.files == (INVOICE,)
     assert packed.hunks == tuple(HunkRef(INVOICE, i) for i in range(5))
     assert packed.omitted == ()
-    assert packed.note == "Nothing was left out."
+    assert packed.note == ""  # no boilerplate when nothing was left out
     assert packed.complete
     assert not packed.text.startswith("#")
+    assert packed.noted == packed.text
     assert hunk_texts(packed.text) == hunk_texts(FIVE)
     assert packed.tokens == count(packed.text)
     assert_matches_head(packed.text, HEAD, INVOICE)
@@ -68,7 +68,7 @@ def test_every_budget_keeps_whole_hunks_and_reports_the_rest() -> None:
     for limit in range(1, full.tokens + 40, 7):
         packed = pack(FIVE, budget_tokens=limit)
         assert packed.tokens <= limit
-        assert packed.tokens == count(packed.text)
+        assert packed.tokens == count(packed.noted)
         kept = hunk_texts(packed.text) if packed.text else {}
         for key, lines in kept.items():
             assert whole[key] == lines  # a kept hunk is never cut
@@ -77,7 +77,8 @@ def test_every_budget_keeps_whole_hunks_and_reports_the_rest() -> None:
         assert len(kept) == len(packed.hunks)
         if 0 < len(packed.hunks) < 5:
             dropped_some = True
-            assert packed.text.startswith("# cibot: Left out of this diff: over the token budget")
+            assert packed.noted.startswith("# cibot: Left out: over the token budget")
+            assert not packed.text.startswith("#")  # the note is said once, by the caller
             assert "over the token budget" in packed.note
             assert not packed.complete
     assert dropped_some
@@ -132,8 +133,8 @@ def test_a_stale_head_file_is_not_used() -> None:
 
 
 def test_policy_leaves_out_lock_generated_binary_and_deletion_only() -> None:
-    """Drop lock, generated, vendored and binary files and deletion-only hunks, and say so."""
-    packed = pack(MIXED, budget_tokens=100_000)
+    """Drop lock, generated, vendored and binary files, deleted bodies and deletion-only hunks."""
+    packed = pack(MIXED, budget_tokens=100_000, flags=NOTHING)
     reasons = {(o.path, o.reason) for o in packed.omitted}
     assert reasons == {
         ("package-lock.json", "lock_file"),
@@ -142,56 +143,64 @@ def test_policy_leaves_out_lock_generated_binary_and_deletion_only() -> None:
         ("vendor/github.com/pkg/errors/errors.go", "generated"),
         ("web/static/logo.png", "binary"),
         ("scripts/util.py", "deletion_only"),
-        ("scripts/obsolete.py", "deletion_only"),
+        ("scripts/obsolete.py", "deleted"),
         ("src/auth/session.py", "deletion_only"),
     }
     assert packed.complete
     for name in ("package-lock.json", "mock_store.go", "api_pb2.py", "errors.go", "logo.png"):
         assert name in packed.note
-    assert "3 deletion-only hunks" in packed.note
+    assert "2 deletion-only hunks" in packed.note
+    deleted = "deleted files, only lines flagged as sensitive shown: scripts/obsolete.py (2 lines)"
+    assert deleted in packed.note
     assert "old_unused" not in packed.text
     assert "left-pad" not in packed.text
 
 
 def test_renames_and_deleted_files_keep_their_headers() -> None:
-    """Show a pure rename, a rename with changes and a deletion as valid diff headers."""
-    packed = pack(MIXED, budget_tokens=100_000)
+    """Show a pure rename and a rename with changes as valid diff headers; name a deletion."""
+    packed = pack(MIXED, budget_tokens=100_000, flags=NOTHING)
     files = {pf.path: pf for pf in PatchSet(packed.text)}
     assert files["scripts/release_notes.py"].is_rename
     assert files["scripts/config.py"].is_rename
     assert "+    return {'debug': False}\n" in packed.text
-    assert files["scripts/obsolete.py"].is_removed_file
-    assert len(files["scripts/obsolete.py"]) == 0
+    # ---/+++ already say the rename: git's own header lines for it are not repeated
+    assert "--- a/scripts/config_loader.py\n+++ b/scripts/config.py\n" in packed.text
+    assert "rename from scripts/config_loader.py" not in packed.text
+    assert "diff --git a/scripts/util.py" not in packed.text
+    assert "scripts/obsolete.py" not in packed.text  # named once, in the note
+    assert "scripts/obsolete.py (2 lines)" in packed.note
 
 
 def test_sensitive_files_come_first_and_keep_their_deletions() -> None:
     """Rank the sensitive file first and keep its deletion-only hunk."""
-    packed = pack(MIXED, budget_tokens=100_000, sensitive=auth)
+    packed = pack(MIXED, budget_tokens=100_000, flags=AUTH)
     assert packed.files[0] == "src/auth/session.py"
     assert '-        audit("bad password", user)\n' in packed.text
     assert ("src/auth/session.py", "deletion_only") not in {
         (o.path, o.reason) for o in packed.omitted
     }
-    plain = pack(MIXED, budget_tokens=100_000)
+    plain = pack(MIXED, budget_tokens=100_000, flags=NOTHING)
     assert plain.files[0] != "src/auth/session.py"
 
 
 def test_a_sensitive_rename_source_counts() -> None:
     """Call a file sensitive when its old path is."""
-    packed = pack(MIXED, budget_tokens=100_000, sensitive=lambda p: p == "scripts/config_loader.py")
+    packed = pack(
+        MIXED, budget_tokens=100_000, flags=Flags(paths=frozenset({"scripts/config_loader.py"}))
+    )
     assert packed.files[0] == "scripts/config.py"
 
 
 def test_larger_changes_rank_first() -> None:
     """Rank files by the size of their change when none is sensitive."""
-    packed = pack(MIXED, budget_tokens=100_000)
+    packed = pack(MIXED, budget_tokens=100_000, flags=NOTHING)
     assert packed.files[0] == "scripts/util.py"  # 10 changed lines, the largest
 
 
 def test_deletion_only_hunks_go_first_under_budget_pressure() -> None:
     """Keep other hunks and drop a sensitive deletion-only hunk when the budget is short."""
-    full = pack(MIXED, budget_tokens=100_000, sensitive=auth)
-    packed = pack(MIXED, budget_tokens=full.tokens - 5, sensitive=auth)
+    full = pack(MIXED, budget_tokens=100_000, flags=AUTH)
+    packed = pack(MIXED, budget_tokens=full.tokens - 5, flags=AUTH)
     assert packed.tokens <= full.tokens - 5
     budget_cut = [o for o in packed.omitted if o.reason == "budget"]
     assert budget_cut == [Omission("src/auth/session.py", "budget", 1, 1)]
@@ -201,7 +210,7 @@ def test_deletion_only_hunks_go_first_under_budget_pressure() -> None:
 
 def test_keep_deletions_keeps_every_deletion_only_hunk() -> None:
     """Keep deletion-only hunks of ordinary files when asked to."""
-    packed = pack(MIXED, budget_tokens=100_000, keep_deletions=True)
+    packed = pack(MIXED, budget_tokens=100_000, keep_deletions=True, flags=NOTHING)
     assert "-def old_unused():\n" in packed.text
     assert not [o for o in packed.omitted if o.reason == "deletion_only"]
 
@@ -242,7 +251,7 @@ def test_bad_budgets_are_clear_errors() -> None:
 
 def test_an_empty_diff_packs_to_nothing() -> None:
     """Return an empty result for an empty diff."""
-    assert pack("", budget_tokens=100) == Packed("", 0, (), (), "Nothing was left out.")
+    assert pack("", budget_tokens=100) == Packed("", 0, (), (), "")
     assert chunks("", budget_tokens=1_000) == []
 
 
@@ -292,8 +301,11 @@ def test_map_reduce_parts_hold_every_hunk_exactly_once() -> None:
         )
     for i, part in enumerate(parts, start=1):
         assert part.tokens <= 1_500
-        assert part.tokens == count(part.text)
-        assert part.text.startswith(f"# cibot: Part {i} of {len(parts)} ")
+        assert part.tokens == count(part.noted)
+        assert part.note.startswith(
+            f"This diff is too large for one call: this is part {i} of {len(parts)}, "
+        )
+        assert "too large" not in part.text  # the part line is said once, in the note
         assert part.complete
         PatchSet(part.text)  # each part is a valid diff on its own
     first_reasons = {o.reason for o in parts[0].omitted}
@@ -345,7 +357,9 @@ def test_pack_of_the_huge_diff_fits_and_reports_the_rest() -> None:
     assert packed.tokens <= 4_000
     left = sum(o.hunks for o in packed.omitted if o.reason == "budget")
     assert len(packed.hunks) + left == len(markers)
-    assert "and " in packed.note and "more" in packed.note
+    # Past NOTE_ALL files the note counts them and names the first few.
+    assert "files, among them pkg/mod" in packed.note
+    assert packed.note.count("pkg/mod") <= 2 * 5
 
 
 def test_a_hunk_ending_without_a_newline_does_not_swallow_the_next_file() -> None:
@@ -357,5 +371,5 @@ def test_a_hunk_ending_without_a_newline_does_not_swallow_the_next_file() -> Non
     )
     packed = pack(diff, budget_tokens=10_000)
     assert packed.text.count("+c = 2") == 1
-    assert packed.text.count("diff --git a/y.py") == 1
+    assert packed.text.count("+++ b/y.py") == 1
     assert "\\ No newline at end of file" in packed.text

@@ -397,7 +397,7 @@ def _packed_diff(diff: str, budget: int) -> str:
     if not diff.strip() or budget < 1:
         return NO_DIFF
     try:
-        return packing.pack(diff, budget_tokens=budget).text or NO_DIFF
+        return packing.pack(diff, budget_tokens=budget).noted or NO_DIFF
     except InputError:
         return NO_DIFF
 

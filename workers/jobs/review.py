@@ -36,8 +36,7 @@ from unidiff.patch import PatchSet
 
 from bot.errors import GitHubValidation
 from bot.github import ReviewComment
-from policies import detectors
-from policies.evidence import Evidence, decode, evidence_from_diff
+from policies.evidence import decode, evidence_from_diff
 from policies.model import Policy
 from policies.routing import Decision
 from workers import packing
@@ -407,34 +406,19 @@ def request(gathered: Gathered, decision: Decision) -> ModelRequest:
 
 
 def _packed(gathered: Gathered, diff: str, room: int) -> tuple[str, str]:
-    """Pack and label the diff, shrinking the budget until the labelled text fits."""
-    sensitive = _sensitive_paths(gathered.evidence, gathered.policy)
+    """Pack and label the diff, shrinking the budget until the labelled text and note fit."""
+    flags = packing.flags_for(gathered.evidence, gathered.policy)
     budget = room
     for _ in range(PACK_ATTEMPTS):
-        packed = packing.pack(
-            diff,
-            budget_tokens=max(budget, 1),
-            sensitive=sensitive.__contains__,
-            keep_deletions=True,
-        )
+        packed = packing.pack(diff, budget_tokens=max(budget, 1), flags=flags, keep_deletions=True)
         text = annotate(packed.text)
-        used = count(text)
+        used = count(text) + count(packed.note)
         if used <= room:
             break
         # Scale by the overshoot, but always shrink by an eighth at least: the list of files
         # left out grows as the budget falls, so the scaled guess alone may not converge.
         budget = min(budget * room // used - 16, budget - max(64, budget // 8))
-    note = f" ({packed.note.removeprefix(packing.NOTE_PREFIX)})" if packed.note else ""
-    return text, note
-
-
-def _sensitive_paths(evidence: Evidence, policy: Policy) -> frozenset[str]:
-    """Return the changed paths the policy calls sensitive, so packing keeps them first."""
-    return frozenset(
-        change.path
-        for change in evidence.files
-        if any(True for _ in detectors.sensitive(Evidence(files=(change,)), policy))
-    )
+    return text, f" ({packed.note})" if packed.note else ""
 
 
 def validate(gathered: Gathered, data: Any) -> None:

@@ -74,7 +74,7 @@ Title: {title}
 Description:
 {description}
 
-Diff:
+Diff{note}:
 {diff}
 </untrusted-{tag}>
 """
@@ -102,7 +102,9 @@ BODY_TEMPLATE = """\
 
 NO_RISKS = "- _None noted._"
 MAX_PARTS = 12  # a map-reduce summary reads at most this many parts of one diff
-PART_NOTE = "(This diff is too large for one request: this is part {n} of {total}.)\n"
+# A summary reads what changed, so one line of context around each change is enough; the
+# review, which must judge the code, keeps git's three.
+CONTEXT_LINES = 1
 COMBINE_NOTE = (
     "(The diff was too large for one request, so it was summarised in {parts} parts.{left} "
     "Below are the partial summaries, as JSON, in place of the diff. Combine them into one "
@@ -137,10 +139,14 @@ class Frame:
     title: str
     description: str
 
-    def user(self, diff: str) -> str:
-        """Return the user message around a packed diff."""
+    def user(self, diff: str, note: str = "") -> str:
+        """Return the user message around a packed diff and the packer's note on it."""
         return USER_PROMPT.format(
-            tag=self.tag, title=self.title, description=self.description, diff=diff
+            tag=self.tag,
+            title=self.title,
+            description=self.description,
+            note=f" ({note})" if note else "",
+            diff=diff,
         )
 
 
@@ -171,9 +177,12 @@ def request(gathered: Gathered, decision: Decision) -> ModelRequest:
     """Pack the diff into what the tier's window leaves after the prompt and the reply."""
     fixed = frame(gathered)
     packed = packing.pack(
-        untrusted(gathered.diff, fixed.tag), budget_tokens=room(gathered, decision, fixed)
+        untrusted(gathered.diff, fixed.tag),
+        budget_tokens=room(gathered, decision, fixed),
+        flags=packing.flags_for(gathered.evidence, gathered.policy),
+        context_lines=CONTEXT_LINES,
     )
-    return _request(gathered, fixed.system, fixed.user(packed.text))
+    return _request(gathered, fixed.system, fixed.user(packed.text, packed.note))
 
 
 def _request(gathered: Gathered, system: str, user: str) -> ModelRequest:
@@ -193,24 +202,20 @@ def compute(gathered: Gathered, decision: Decision, complete: Complete) -> Any:
     out and the combined summary says so.
     """
     fixed = frame(gathered)
-    diff = untrusted(gathered.diff, fixed.tag)
-    parts = packing.chunks(diff, budget_tokens=room(gathered, decision, fixed))
+    parts = packing.chunks(
+        untrusted(gathered.diff, fixed.tag),
+        budget_tokens=room(gathered, decision, fixed),
+        flags=packing.flags_for(gathered.evidence, gathered.policy),
+        context_lines=CONTEXT_LINES,
+    )
     if len(parts) <= 1:
-        return complete(
-            decision.tier,
-            _request(gathered, fixed.system, fixed.user(parts[0].text if parts else "")),
-        )
+        text, note = (parts[0].text, parts[0].note) if parts else ("", "")
+        return complete(decision.tier, _request(gathered, fixed.system, fixed.user(text, note)))
     shown = parts[:MAX_PARTS]
+    # Each part's note says which part it is and, on the first, what was left out.
     partials = [
-        complete(
-            decision.tier,
-            _request(
-                gathered,
-                fixed.system,
-                fixed.user(PART_NOTE.format(n=n, total=len(parts)) + part.text),
-            ),
-        )
-        for n, part in enumerate(shown, start=1)
+        complete(decision.tier, _request(gathered, fixed.system, fixed.user(p.text, p.note)))
+        for p in shown
     ]
     notes = "\n".join(
         f"Part {n}: " + untrusted(json.dumps(p.data, ensure_ascii=False), fixed.tag)
