@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from unidiff.patch import PatchSet
 
 from bot.errors import InputError
-from workers.packing import NOTHING, Flags, HunkRef, Omission, Packed, budget, chunks, pack
+from policies.detectors import Reason
+from policies.evidence import evidence_from_diff
+from policies.loading import load_policy
+from policies.routing import route
+from workers import pipeline
+from workers.jobs import ci, deps, review, summary
+from workers.jobs import tests as tests_job
+from workers.packing import (
+    NOTHING,
+    Flags,
+    HunkRef,
+    Omission,
+    Packed,
+    budget,
+    chunks,
+    flags,
+    pack,
+)
 from workers.tokens import count
 
 DIFFS = Path(__file__).parent / "fixtures" / "diffs"
@@ -373,3 +392,333 @@ def test_a_hunk_ending_without_a_newline_does_not_swallow_the_next_file() -> Non
     assert packed.text.count("+c = 2") == 1
     assert packed.text.count("+++ b/y.py") == 1
     assert "\\ No newline at end of file" in packed.text
+
+
+# ---- what each job's prompt keeps -------------------------------------------------------
+
+# git's diff of one commit (blank context lines written empty, as unidiff and git accept):
+# a source change with a plain deletion-only hunk, a test, a doc,
+# a lock file, a deleted sensitive file (one flagged line), a deleted plain file, a
+# sensitive removal in an ordinary file, a rename with a change, and a binary file.
+JOBS_DIFF = '''\
+diff --git a/app/auth/tokens.py b/app/auth/tokens.py
+deleted file mode 100644
+index 2a3436f..0000000
+--- a/app/auth/tokens.py
++++ /dev/null
+@@ -1,17 +0,0 @@
+-"""Token settings for the API."""
+-
+-import datetime
+-
+-LIFETIME = datetime.timedelta(minutes=15)
+-
+-JWT_VERIFY_EXPIRATION = False
+-
+-
+-def lifetime():
+-    """Return how long a token lives."""
+-    return LIFETIME
+-
+-
+-def describe():
+-    """Describe the settings."""
+-    return "tokens"
+diff --git a/app/config.py b/app/config.py
+index f2a8767..cc95419 100644
+--- a/app/config.py
++++ b/app/config.py
+@@ -2,5 +2,4 @@
+
+ DEBUG = False
+ JWT_ALGORITHM = "HS256"
+-JWT_EXPIRE = True
+ PAGE_SIZE = 50
+diff --git a/app/util.py b/app/helpers.py
+similarity index 82%
+rename from app/util.py
+rename to app/helpers.py
+index 98ce95a..0e69b58 100644
+--- a/app/util.py
++++ b/app/helpers.py
+@@ -8,4 +8,4 @@ def clamp(value, low, high):
+
+ def first(items):
+     """Return the first item."""
+-    return items[0]
++    return items[0] if items else None
+diff --git a/app/orders.py b/app/orders.py
+index 0f66aa0..5cec843 100644
+--- a/app/orders.py
++++ b/app/orders.py
+@@ -3,7 +3,7 @@
+
+ def line_count(order):
+     """Count the order's lines."""
+-    return len(order.lines)
++    return sum(line.quantity for line in order.lines)
+
+
+ def describe(order):
+@@ -17,7 +17,3 @@ def total_lines(orders):
+     for order in orders:
+         count += line_count(order)
+     return count
+-
+-
+-def legacy_name(order):
+-    return order.name
+diff --git a/docs/guide.md b/docs/guide.md
+index 05af336..33649eb 100644
+--- a/docs/guide.md
++++ b/docs/guide.md
+@@ -1,3 +1,5 @@
+ # Guide
+
+ Run the app.
++
++Line counts add quantities.
+diff --git a/poetry.lock b/poetry.lock
+index 7a88959..744029b 100644
+--- a/poetry.lock
++++ b/poetry.lock
+@@ -1,3 +1,3 @@
+ [[package]]
+ name = "requests"
+-version = "2.31.0"
++version = "2.32.3"
+diff --git a/scripts/old_report.py b/scripts/old_report.py
+deleted file mode 100644
+index b8e0366..0000000
+--- a/scripts/old_report.py
++++ /dev/null
+@@ -1,10 +0,0 @@
+-"""Print an old report."""
+-
+-
+-def main():
+-    print("report")
+-    print("done")
+-
+-
+-if __name__ == "__main__":
+-    main()
+diff --git a/static/logo.png b/static/logo.png
+index ac6c544..e666ad4 100644
+Binary files a/static/logo.png and b/static/logo.png differ
+diff --git a/tests/test_orders.py b/tests/test_orders.py
+index 20a424a..c457595 100644
+--- a/tests/test_orders.py
++++ b/tests/test_orders.py
+@@ -3,3 +3,7 @@ from app.orders import line_count
+
+ def test_line_count():
+     assert line_count(Order([])) == 0
++
++
++def test_line_count_adds_quantities():
++    assert line_count(Order([Line(quantity=2)])) == 2
+'''
+
+# In every job's prompt: the changed lines a reader needs, and the router-flagged removals.
+NEEDED = (
+    "-JWT_EXPIRE = True",  # a deletion-only hunk the router flagged, in an ordinary file
+    "-JWT_VERIFY_EXPIRATION = False",  # the flagged line of a deleted file
+    "+    return sum(line.quantity for line in order.lines)",
+    "+    return items[0] if items else None",
+    "--- a/app/util.py\n+++ b/app/helpers.py\n",  # the rename, said by ---/+++
+    "+def test_line_count_adds_quantities():",
+    "+Line counts add quantities.",
+)
+# In no job's prompt: lock and binary content, deleted bodies, banners, repeated headers.
+NEVER = (
+    'version = "2.32.3"',
+    "Binary files",
+    '-    """Return how long a token lives."""',  # unflagged body of the deleted auth file
+    "-def describe():",
+    'print("report")',  # body of the deleted plain file
+    "of 1",
+    "this is part",
+    "diff --git a/app/orders.py",
+    "rename from",
+    "index ",
+)
+# The note names every file left out, with a deleted file's line count.
+NAMED = (
+    "scripts/old_report.py (10 lines)",
+    "app/auth/tokens.py (12 lines)",  # 17 lines, 5 shown around the flagged one
+    "lock files: poetry.lock",
+    "binary files: static/logo.png",
+)
+
+
+@dataclass(frozen=True)
+class Pull:
+    """Stand for the pull request the jobs read."""
+
+    title: str = "Count quantities"
+    body: str = "Line counts add quantities."
+    head_sha: str = "a" * 40
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Done:
+    """Stand for a completion of the summary's map step."""
+
+    data: Any
+    calls: tuple[Any, ...] = ()
+    fallbacks: int = 0
+    fallback_reasons: tuple[str, ...] = ()
+
+
+def gathered(**extra: Any) -> pipeline.Gathered:
+    """Gather the jobs' fixture as the jobs' own gather steps would."""
+    evidence = evidence_from_diff(JOBS_DIFF)
+    return pipeline.Gathered(
+        pull=Pull(), diff=JOBS_DIFF, evidence=evidence, policy=load_policy(None), extra=extra
+    )
+
+
+def user_of(messages: list[dict[str, str]]) -> str:
+    """Return the user message of a request."""
+    return next(m["content"] for m in messages if m["role"] == "user")
+
+
+def summary_prompts() -> list[str]:
+    """Return every user message the summary job sends, by the pipeline's path (compute)."""
+    sent: list[str] = []
+
+    def complete(tier: str, request: pipeline.ModelRequest, reason: str = "") -> Done:
+        sent.append(user_of(request.messages))
+        return Done({"what": "x", "why": "", "risks": [], "files": []})
+
+    work = gathered()
+    summary.compute(work, route("summary", work.evidence, work.policy), complete)
+    return sent
+
+
+def job_prompt(job: str, tmp_path: Path) -> str:
+    """Build one job's user message with that job's own prompt builder."""
+    if job == "summary":
+        (only,) = summary_prompts()
+        return only
+    if job == "review":
+        work = gathered(hunks=review.hunks_of(JOBS_DIFF))
+        return user_of(review.request(work, route("review", work.evidence, work.policy)).messages)
+    if job == "deps":
+        work = gathered(survey=deps.Survey(upgrades=(), scope="diff"))
+        return user_of(deps.request(work, route("deps", work.evidence, work.policy)).messages)
+    if job == "ci":
+        work = gathered(jobs=(), more=())
+        return user_of(ci.request(work, route("ci", work.evidence, work.policy)).messages)
+    base = gathered()
+    (tmp_path / "checkout").mkdir()
+    session = tests_job.Session(
+        root=tmp_path / "checkout" / "repo",
+        targets=(),
+        test_path="tests/test_generated.py",
+        evidence=base.evidence,
+        policy=base.policy,
+    )
+    work = gathered(session=session)
+    decision = route("tests", work.evidence, work.policy)
+    return user_of(tests_job.first_messages(work, decision, "t" * 12))
+
+
+@pytest.mark.parametrize("job", ["summary", "review", "tests", "deps", "ci"])
+def test_every_job_keeps_the_hunks_it_needs_and_names_the_rest_once(
+    job: str, tmp_path: Path
+) -> None:
+    """Each job's prompt holds the needed lines, none of the waste, and one note naming all."""
+    prompt = job_prompt(job, tmp_path)
+    for text in NEEDED:
+        assert text in prompt, f"{job}: {text!r} missing"
+    for text in NEVER:
+        assert text not in prompt, f"{job}: {text!r} present"
+    for text in NAMED:
+        assert prompt.count(text) == 1, f"{job}: {text!r} not named once"
+    assert prompt.count("Left out:") == 1, f"{job}: the note is not said exactly once"
+    # The deleted sensitive file shows its flagged line with two removed lines each side.
+    assert "-LIFETIME = datetime.timedelta(minutes=15)" in prompt
+    assert "-def lifetime():" not in prompt
+
+
+def test_a_plain_deletion_only_hunk_is_for_the_review_only(tmp_path: Path) -> None:
+    """The review reads a removed function; the summary is told it was left out."""
+    removed = "-def legacy_name(order):"
+    assert removed in job_prompt("review", tmp_path)
+    brief = job_prompt("summary", tmp_path)
+    assert removed not in brief
+    assert "1 deletion-only hunk (4 removed lines) in app/orders.py" in brief
+
+
+def test_the_summary_request_and_the_pipeline_path_send_the_same_diff() -> None:
+    """summary.request (one call) and summary.compute (what the pipeline runs) agree."""
+    work = gathered()
+    decision = route("summary", work.evidence, work.policy)
+    single = user_of(summary.request(work, decision).messages)
+    (computed,) = summary_prompts()
+    assert diff_part(single) == diff_part(computed)
+
+
+def diff_part(user: str) -> str:
+    """Return a user message from its Diff header to the closing tag (the tags differ per call)."""
+    return user.split("\nDiff", 1)[1].split("</untrusted-")[0]
+
+
+def test_flags_read_the_router_reasons_by_path_and_removed_line() -> None:
+    """Name the file a reason starts with (longest first) and the old line of a removal."""
+    paths = ["app/auth.py", "app/auth.py.bak", "app/config.py", "go.mod"]
+    found = flags(
+        [
+            Reason("sensitive_content", "app/auth.py.bak:3 +'x = jwt.decode(t)' token handling"),
+            Reason("sensitive_content", "app/config.py:5 -'JWT_EXPIRE = True' token handling"),
+            Reason("sensitive_path", "app/auth.py matches '**/auth.*'"),
+            Reason("sensitive_dependency", "go.mod:7 jwt 4.0 → 5.0: a crypto package"),
+            Reason("major_version_bump", "app/config.py:9 x 1 → 2"),  # not a sensitive one
+            Reason("sensitive_content", "12 changed lines in 2 more files were not read"),
+        ],
+        paths,
+    )
+    assert found.paths == frozenset(paths)
+    assert found.removed == {"app/config.py": frozenset({5})}
+
+
+def test_without_flags_the_packer_asks_the_router_itself() -> None:
+    """pack() with no flags keeps a sensitive removal the packaged policy flags."""
+    assert "-JWT_EXPIRE = True" in pack(JOBS_DIFF, budget_tokens=10_000).text
+    assert "-JWT_EXPIRE = True" not in pack(JOBS_DIFF, budget_tokens=10_000, flags=NOTHING).text
+
+
+def test_a_diff_that_fits_one_part_has_no_part_line() -> None:
+    """chunks() of a small diff is one part with only the policy note."""
+    (part,) = chunks(JOBS_DIFF, budget_tokens=10_000)
+    assert part.note.startswith("Left out: ")
+    assert "part" not in part.note
+    assert part.text == pack(JOBS_DIFF, budget_tokens=10_000).text
+
+
+def test_a_diff_of_only_left_out_files_still_says_what_they_were() -> None:
+    """A lock-and-deletion-only diff gives one part whose note names them."""
+    text = JOBS_DIFF.split("diff --git a/app/config.py")[0]  # the deleted auth file alone
+    (part,) = chunks(text, budget_tokens=1_000, flags=NOTHING)
+    assert part.text == ""
+    assert part.note == "Left out: deleted files, only lines flagged as sensitive shown: " + (
+        "app/auth/tokens.py (17 lines)."
+    )
+
+
+def test_many_deleted_files_are_counted_with_the_first_few_named() -> None:
+    """Past NOTE_ALL files the note gives the count, the lines and the first five names."""
+    parts = []
+    for n in range(45):
+        path = f"plugins/legacy/mod_{n:02d}.py"
+        parts.append(
+            f"diff --git a/{path} b/{path}\ndeleted file mode 100644\n--- a/{path}\n+++ /dev/null\n"
+            f"@@ -1,2 +0,0 @@\n-def f_{n}():\n-    return {n}\n"
+        )
+    packed = pack("".join(parts), budget_tokens=2_000, flags=NOTHING)
+    assert packed.text == ""
+    assert "45 files (90 lines), among them plugins/legacy/mod_00.py (2 lines)" in packed.note
+    assert "mod_05.py" not in packed.note
