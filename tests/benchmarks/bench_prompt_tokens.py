@@ -6,7 +6,7 @@ Each PR is built as commits in a throwaway git repository, so the diff is git's 
 (renames, deletions, binary files, lock files). Each job packs only what it needs:
 
 - summary: every code, test and manifest file; one line of context.
-- review:  the same files with deletion-only hunks kept, three lines of context, and
+- review:  the same files with deletion-only hunks kept (deleted files by name), three lines of context, and
            context reaching up to the enclosing definition.
 - tests:   the source files only (what new tests must cover).
 - deps:    the manifests only (lock files never reach a prompt).
@@ -35,7 +35,7 @@ from unidiff.patch import PatchSet  # noqa: E402
 
 from policies.loading import load_policy  # noqa: E402
 from workers.logs import trim  # noqa: E402
-from workers.packing import budget, pack  # noqa: E402
+from workers.packing import Flags, budget, pack  # noqa: E402
 from workers.tokens import count  # noqa: E402
 
 LOGS = ROOT / "tests" / "fixtures" / "logs"
@@ -362,6 +362,8 @@ def needed(diff: str, repo: Repo, job: Job) -> set[tuple[str, int]]:
     for pf in PatchSet(diff):
         if repo.roles.get(pf.path) not in job.roles or repo.roles.get(pf.path) == LOCK:
             continue
+        if pf.is_removed_file:
+            continue  # a deleted file is named, its body is not needed (nothing is flagged here)
         for index, hunk in enumerate(pf):
             if job.deletions or hunk.added:
                 out.add((pf.path, index))
@@ -380,7 +382,7 @@ def diff_rows(label: str, repo: Repo, window: int, reserve: int) -> list[tuple[s
         packed = pack(
             diff,
             budget_tokens=limit,
-            sensitive=sensitive,
+            flags=Flags(paths=frozenset(p for p in repo.roles if sensitive(p))),
             source=source,
             context_lines=job.context,
             keep_deletions=job.deletions,
