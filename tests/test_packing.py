@@ -722,3 +722,17 @@ def test_many_deleted_files_are_counted_with_the_first_few_named() -> None:
     assert packed.text == ""
     assert "45 files (90 lines), among them plugins/legacy/mod_00.py (2 lines)" in packed.note
     assert "mod_05.py" not in packed.note
+
+
+def test_a_generator_annotation_marks_a_file_generated() -> None:
+    """A class a generator wrote (javax/jakarta @Generated) is named, not shown."""
+    java = (
+        "diff --git a/ui/client/Tag.java b/ui/client/Tag.java\n--- a/ui/client/Tag.java\n"
+        "+++ b/ui/client/Tag.java\n@@ -7,3 +7,3 @@ import java.util.Map;\n"
+        ' @jakarta.annotation.Generated("com.microsoft.kiota")\n public class Tag {\n'
+        "-  private String name;\n+  private String displayName;\n"
+    )
+    packed = pack(java, budget_tokens=1_000, flags=NOTHING)
+    assert packed.omitted == (Omission("ui/client/Tag.java", "generated", 0, 2),)
+    assert packed.text == ""
+    assert packed.note == "Left out: generated or vendored files: ui/client/Tag.java."
