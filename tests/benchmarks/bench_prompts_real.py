@@ -303,8 +303,54 @@ def table(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def run(mirrors: Path | None, policy: Policy) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Build both jobs' prompts for every chosen case; return the rows and the per-case figures."""
+    chosen, per_case = [], []
+    prompts: dict[str, list[Prompt]] = {"summary": [], "review": []}
+    for case in cases():
+        diff = (CORPUS / case["diff"]).read_text(encoding="utf-8", errors="replace")
+        if not changes_source(diff):
+            continue
+        chosen.append(case)
+        title, body = message(case, mirrors)
+        work = gathered(diff, Pull(title, body, case["commit"]), case["repo"], policy)
+        found = {"summary": summary_prompt(work), "review": review_prompt(work)}
+        for job, prompt in found.items():
+            prompts[job].append(prompt)
+        per_case.append({"id": case["id"], **{j: p.tokens for j, p in found.items()}})
+    repos = sorted({c["repo"] for c in chosen})
+    rows = [report(job, found) for job, found in prompts.items()] if chosen else []
+    return rows, {"cases": len(chosen), "repos": len(repos), "each": per_case}
+
+
+def render(rows: list[dict[str, Any]], chosen: dict[str, Any], plugin: dict[str, Any]) -> str:
+    """Write the figures for a person: the set, the table, PR-Agent's figures, the plugin."""
+    lines = [
+        f"{chosen['cases']} corpus cases from {chosen['repos']} repositories: every case whose "
+        f"diff changes a source file; titles and descriptions {chosen['messages']}",
+        table(rows),
+        f"PR-Agent 0.49.0, {PR_AGENT_CASES} commits: describe median 1,975 / total 164,228, "
+        f"review median 3,494 / total 245,380; goal <= {GOAL}x on both",
+    ]
+    for row in chosen["listed"]:
+        lines.append(f"  {row['id']:<60} summary {row['summary']:>7,}  review {row['review']:>7,}")
+    lines.append(
+        f"deleted payment plugin ({PLUGIN_FILES} deleted files under plugins/payments/, "
+        f"{plugin['diff_tokens']:,} diff tokens):"
+    )
+    for job in ("summary", "review"):
+        found = plugin[job]
+        lines.append(
+            f"  {job}: {found['tokens']:,} tokens, sensitive removed line kept: "
+            f"{found['sensitive_line_kept']}, deleted files named: "
+            f"{found['deleted_files_named']}/{PLUGIN_FILES}, deleted body lines shown: "
+            f"{found['deleted_body_lines_shown']}"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
-    """Pick the cases, build every prompt, and print the figures and the plugin case."""
+    """Pick the cases, build every prompt, print the figures; 1 when a goal is missed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mirrors", type=Path, help="snapshots to read commit messages from")
     parser.add_argument("--cases", action="store_true", help="print one line per case too")
@@ -320,57 +366,21 @@ def main() -> int:
         )
         return 2
     policy = load_policy(None)
-    chosen, per_case = [], []
-    prompts: dict[str, list[Prompt]] = {"summary": [], "review": []}
-    for case in labelled:
-        diff = (CORPUS / case["diff"]).read_text(encoding="utf-8", errors="replace")
-        if not changes_source(diff):
-            continue
-        chosen.append(case)
-        title, body = message(case, args.mirrors)
-        work = gathered(diff, Pull(title, body, case["commit"]), case["repo"], policy)
-        s, r = summary_prompt(work), review_prompt(work)
-        prompts["summary"].append(s)
-        prompts["review"].append(r)
-        per_case.append({"id": case["id"], "summary": s.tokens, "review": r.tokens})
-    repos = sorted({c["repo"] for c in chosen})
-    if len(chosen) < MIN_CASES or len(repos) < MIN_REPOS:
+    rows, chosen = run(args.mirrors, policy)
+    if chosen["cases"] < MIN_CASES or chosen["repos"] < MIN_REPOS:
         print(
-            f"bench_prompts_real: only {len(chosen)} cases from {len(repos)} repositories change "
-            f"source files (need {MIN_CASES} from {MIN_REPOS})",
+            f"bench_prompts_real: only {chosen['cases']} cases from {chosen['repos']} "
+            f"repositories change source files (need {MIN_CASES} from {MIN_REPOS})",
             file=sys.stderr,
         )
         return 2
-    rows = [report(job, found) for job, found in prompts.items()]
     plugin = plugin_case(policy)
     if args.json:
-        print(json.dumps({"jobs": rows, "plugin": plugin, "cases": per_case}, indent=2))
+        print(json.dumps({"jobs": rows, "plugin": plugin, "cases": chosen["each"]}, indent=2))
     else:
-        print(
-            f"{len(chosen)} corpus cases from {len(repos)} repositories: every case whose diff "
-            "changes a source file; titles and descriptions "
-            + ("from the commits" if args.mirrors else "not read (pass --mirrors ROOT)")
-        )
-        print(table(rows))
-        print(
-            f"PR-Agent 0.49.0, {PR_AGENT_CASES} commits: describe median 1,975 / total 164,228, "
-            f"review median 3,494 / total 245,380; goal <= {GOAL}x on both"
-        )
-        if args.cases:
-            for row in sorted(per_case, key=lambda r: -r["review"]):
-                print(f"  {row['id']:<60} summary {row['summary']:>7,}  review {row['review']:>7,}")
-        print(
-            f"deleted payment plugin ({PLUGIN_FILES} deleted files under plugins/payments/, "
-            f"{plugin['diff_tokens']:,} diff tokens):"
-        )
-        for job in ("summary", "review"):
-            found = plugin[job]
-            print(
-                f"  {job}: {found['tokens']:,} tokens, sensitive removed line kept: "
-                f"{found['sensitive_line_kept']}, deleted files named: "
-                f"{found['deleted_files_named']}/{PLUGIN_FILES}, deleted body lines shown: "
-                f"{found['deleted_body_lines_shown']}"
-            )
+        chosen["messages"] = "from the commits" if args.mirrors else "not read (pass --mirrors)"
+        chosen["listed"] = sorted(chosen["each"], key=lambda r: -r["review"]) if args.cases else []
+        print(render(rows, chosen, plugin))
     plugin_ok = all(
         plugin[j]["sensitive_line_kept"] and plugin[j]["deleted_files_named"] == PLUGIN_FILES
         for j in ("summary", "review")
