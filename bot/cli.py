@@ -26,6 +26,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("bot.evaluate", "Score the router on labelled cases: recall and false escalation."),
     "services": ("bot.services_cli", "Print the service map inferred from a checkout."),
     "capacity": ("bot.capacity_cli", "Size a model on H200s, or check private tiers' rungs."),
+    "demo": ("bot.demo", "Fill a ledger with a clearly labelled simulated month of work."),
+    "replay": ("bot.replay", "Rerun captured tasks on other models and score them side by side."),
 }
 
 

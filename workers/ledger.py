@@ -136,6 +136,8 @@ class JobRecord(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    shadow: Mapped[bool] = mapped_column(Boolean, default=False)
+    post_removals: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class ModelCallRecord(Base):
@@ -227,6 +229,8 @@ class JobRow:
     api_cost_usd: float
     created_at: datetime
     duration_s: float | None
+    shadow: bool = False  # ran and was recorded, but posted nothing (shadow mode)
+    post_removals: int = 0  # what the post scan removed from its posts
 
 
 @dataclass(frozen=True)
@@ -348,6 +352,8 @@ class JobResult:
     comment_id: int | None = None
     error_kind: str = ""
     error: str = ""
+    shadow: bool = False
+    post_removals: int = 0
 
 
 def now() -> datetime:
@@ -809,6 +815,8 @@ def _finish_values(result: JobResult, at: datetime, started: datetime | None) ->
         "comment_id": result.comment_id,
         "error_kind": result.error_kind[:64],
         "error": result.error[:ERROR_LIMIT],
+        "shadow": result.shadow,
+        "post_removals": result.post_removals,
         "finished_at": at,
         "duration_s": (at - as_utc(started)).total_seconds() if started else None,
     }
