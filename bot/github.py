@@ -15,6 +15,7 @@ import re
 import threading
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
@@ -618,6 +619,8 @@ class GitHubClient:
         )
         self._owns_http = http is None
         self._http = http or _http_client(self.base_url, timeout)
+        # What the post scan took out of this client's posts, by kind (the ledger counts it).
+        self.removed: Counter[str] = Counter()
 
     @classmethod
     def from_token(
@@ -895,6 +898,7 @@ class GitHubClient:
         removed = {**cleaned.removed(), **{f"secret_{k}": n for k, n in hidden.counts.items()}}
         if removed:
             log.warning("removed from a post", extra={"call": kind, "repo": repo, **removed})
+            self.removed.update(removed)
         return cleaned.text
 
     def upsert_comment(self, repo: str, number: int, *, marker: str, body: str) -> int:

@@ -1024,3 +1024,12 @@ def test_every_post_is_stripped_of_images_foreign_links_and_html(
     (run,) = [r for r in fake.check_runs(REPO) if r["id"] == run_id]
     _no_foreign_markup(run["output"]["summary"])
     _no_foreign_markup(run["output"]["text"])
+    # Five posts (comment, review body, review comment, check summary and text), each
+    # with two images, one foreign link, two HTML pieces and two secrets, counted by kind.
+    assert dict(client.removed) == {
+        "images": 10,
+        "links": 5,
+        "html": 10,
+        "secret_github_token": 5,
+        "secret_slack_token": 5,
+    }
