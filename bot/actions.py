@@ -84,6 +84,29 @@ class MemoryStore:
         """Delete keys; return how many existed."""
         return sum(self.values.pop(key, None) is not None for key in keys)
 
+    def hset(self, key: str, name: str, value: Any) -> int:
+        """Set one field of a hash."""
+        fields = self.values[key][0] if self._live(key) else {}
+        fields[name] = value
+        self.values[key] = (fields, self.values.get(key, (None, None))[1])
+        return 1
+
+    def hgetall(self, key: str) -> dict[str, Any]:
+        """Return a hash's fields."""
+        return dict(self.values[key][0]) if self._live(key) else {}
+
+    def hdel(self, key: str, *names: str) -> int:
+        """Delete fields of a hash; return how many existed."""
+        fields = self.values[key][0] if self._live(key) else {}
+        return sum(fields.pop(name, None) is not None for name in names)
+
+    def expire(self, key: str, seconds: int) -> bool:
+        """Set a key's expiry in seconds."""
+        if not self._live(key):
+            return False
+        self.values[key] = (self.values[key][0], time.monotonic() + seconds)
+        return True
+
     def eval(self, script: str, numkeys: int, key: str, token: str) -> int:
         """Run the pipeline's one script: delete ``key`` only if it still holds ``token``."""
         if self.get(key) == token:

@@ -147,6 +147,15 @@ class Behaviour(Frozen):
     # Sensitive rules and packages a repo's .github/cibot.yml adds escalate only within
     # the private tiers unless the operator sets this: a repo file may not widen egress.
     repo_rules_reach_external: bool = False
+    # How long a private_only job waits for a down private model before it fails (and the
+    # PR is told); counted from the first time the job was held.
+    hold_private_hours: float = Field(default=6.0, gt=0, le=168)
+    # Shadow mode: every job runs, is routed, priced and recorded, and nothing is posted.
+    # For all installations, or only those listed (installation ids, or repos by
+    # "owner/name" or "owner/*"). A repo's .github/cibot.yml may turn it on, never off.
+    shadow: bool = False
+    shadow_installations: tuple[int, ...] = ()
+    shadow_repos: tuple[str, ...] = ()
 
 
 class Dependencies(Frozen):

@@ -5,11 +5,13 @@ Queues: one per private tier (``local``, and ``mid`` when an operator makes mid 
 ``sandbox`` for running generated tests. Delivery is at-least-once (acks_late, reject on
 worker loss, prefetch 1); every task is idempotent, so redelivery is safe.
 
-Every time limit derives from one number, the longest a model job may run, so the
-visibility timeout always exceeds the longest hard limit. Celery enforces limits only in
-prefork and gevent pools; the thread pools the model queues use check them cooperatively
-between pipeline steps (``workers.pipeline.Deadline``), and each model call carries its
-tier's own timeout.
+Every time limit derives from one number, the longest a model job may run. The visibility
+timeout does not: it is a short lease (``workers.leases``) that each live worker renews for
+the messages it holds, so a dead worker's job is restored within about half a minute
+whatever the job's limit, and a live worker's long job or retry wait is never handed to
+another. Celery enforces limits only in prefork and gevent pools; the thread pools the model
+queues use check them cooperatively between pipeline steps (``workers.pipeline.Deadline``),
+and each model call carries its tier's own timeout.
 
 ``celery -A workers.celery_app worker -Q <queue>`` finds ``app`` here: it is built from
 the ``CIBOT_*`` environment on first access (never at import), with the worker hooks of
@@ -23,6 +25,7 @@ from typing import Any
 
 from bot.settings import Settings
 from policies.model import Policy
+from workers.leases import LEASE_S, RESTORE_S
 
 EXTERNAL = "external"
 GITHUB = "github"
@@ -46,15 +49,16 @@ class Limit:
 
 @dataclass(frozen=True)
 class Timing:
-    """Hold every time limit, the visibility timeout and the retry pacing."""
+    """Hold every time limit, the message and lock lease, and the retry pacing."""
 
     job: Limit
     github: Limit
     sandbox: Limit
-    visibility_timeout: float
+    visibility_timeout: float  # the lease on an unacked message, renewed while its holder lives
     restore_interval: float
     retry_max_delay: float
     max_retries: int
+    lease_s: float = LEASE_S  # the job lock's lease, renewed the same way
 
     @classmethod
     def from_policy(
@@ -70,19 +74,14 @@ class Timing:
         job = _limit(max_job_s if max_job_s is not None else 3 * longest + 60)
         github = _limit(min(GITHUB_STEP_S, job.soft))
         sandbox = job
-        hardest = max(job.hard, github.hard, sandbox.hard)
-        # A message unacked for longer than this is handed to another worker: it must be
-        # longer than any task can run, or a slow task would also run twice.
-        visibility = 2 * hardest
         return cls(
             job=job,
             github=github,
             sandbox=sandbox,
-            visibility_timeout=visibility,
-            restore_interval=max(1.0, min(60.0, visibility / 10)),
-            # An ETA retry waits unacked in a worker; it must come due well inside the
-            # visibility timeout or it would be restored and run twice.
-            retry_max_delay=min(retry_max_delay_s, visibility / 2),
+            visibility_timeout=LEASE_S,
+            restore_interval=RESTORE_S,
+            # A retry's ETA wait is renewed like a running job, so it may be long.
+            retry_max_delay=retry_max_delay_s,
             max_retries=max_retries,
         )
 

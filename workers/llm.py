@@ -367,6 +367,8 @@ class ModelClient:
         self.budget = budget
         self.clock = clock
         self.recorder = recorder
+        # A recorder may also journal each call before it is made (workers.journal).
+        self.on_call: Callable[[CallRecord], None] | None = getattr(recorder, "begin", None)
         self._environ = os.environ if environ is None else environ
 
     def complete(
@@ -494,6 +496,8 @@ class ModelClient:
         """Make one call; return (text, parsed data or a _Failed for invalid output)."""
         started = self.clock()
         request.external_tried = request.external_tried or not tier.private
+        if self.on_call is not None:
+            self.on_call(self._provisional(name, tier, model, messages, request))
         try:
             with metrics.in_flight(name):
                 response = _litellm().completion(**self._call_args(tier, model, messages, request))
@@ -633,6 +637,22 @@ class ModelClient:
                 out.append({**message, "content": result.text})
             request.redacted, request.redactions = out, dict(sorted(counts.items()))
         return request.redacted
+
+    def _provisional(
+        self, name: str, tier: Tier, model: str, messages: list[dict[str, Any]], request: _Request
+    ) -> CallRecord:
+        """Describe a call about to be made, priced at its worst case (the prompt and the
+        most the reply may use), for the journal that outlives a killed worker."""
+        prompt = sum(tokens.count(_message_text(m)) for m in messages)
+        return CallRecord(
+            tier=name,
+            model=model,
+            prompt_tokens=prompt,
+            cost_usd=self.cost(name, model, prompt, self._max_tokens(tier, request), 0),
+            outcome="error",
+            escalation_reason=request.pending_reason,
+            redactions=self._redactions_for(tier, request),
+        )
 
     def _redactions_for(self, tier: Tier, request: _Request) -> dict[str, int]:
         """Return the redaction counts that apply to a call on this tier."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib
 import json
 import logging
@@ -53,8 +54,11 @@ from policies.evidence import Evidence
 from policies.loading import REPO_SOURCE, merge_repo_config
 from policies.model import Policy, TaskPolicy
 from policies.routing import Decision, route
+from workers import journal, leases
 from workers.celery_app import GITHUB, PUBLISH, RUN_JOB, queue_for_tier
 from workers.job import EDGE_TASKS, MODEL_TASKS, JobRef
+from workers.journal import Journal
+from workers.leases import Leases
 from workers.ledger import FAILED, SUCCEEDED, CallInput, JobResult, Ledger, job_key
 
 log = logging.getLogger("cibot.pipeline")
@@ -69,13 +73,23 @@ PUBLISH_LOCK_TTL_S = 60
 WAITING_TEMPLATE = """\
 ⏳ **cibot is waiting for the private model** to write the {task} for `{sha}`.
 This pull request's data must stay on self-hosted models and none is answering right now.
-Nothing was sent to an external model; cibot retries on its own and will replace this note.
+Nothing was sent to an external model. cibot keeps retrying on its own until {until} UTC
+and will replace this note with the {task}, or say that it gave up.
 {marker}"""
 
 HUMAN_TEMPLATE = """\
 🧑‍💻 **This {task} needs a person.** cibot routed it to a human reviewer rather than a model.
 
 {reasons}
+{marker}"""
+
+CONFIG_MARKER = "<!-- cibot:config -->"
+CONFIG_TEMPLATE = """\
+⚙️ **cibot ignored part of `{source}`** on the default branch:
+
+{errors}
+
+The operator's policy applies instead. Fix the file on the default branch to use it.
 {marker}"""
 
 NOTHING_TEMPLATE = """\
@@ -235,6 +249,8 @@ class Runtime:
     spent: Callable[[int], float] = lambda _installation_id: 0.0
     closers: list[Callable[[], None]] = field(default_factory=list)
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    # Renews the job locks this process holds, so they expire with it (workers.leases).
+    leases: Leases | None = None
 
     @classmethod
     def build(
@@ -262,6 +278,7 @@ class Runtime:
         )
         ledger = Ledger(settings.database_url)
         return cls(
+            leases=leases.for_process(lambda: client),
             settings=settings,
             policy=policy,
             redis=client,
@@ -370,13 +387,21 @@ def is_stale(ref: JobRef, rt: Runtime, job: JobModule) -> str | None:
 
 @contextlib.contextmanager
 def redis_lock(rt: Runtime, key: str, ttl_s: float) -> Iterator[bool]:
-    """Hold ``key`` with SET NX for at most ``ttl_s``; yield whether we got it."""
+    """Hold ``key`` with SET NX; yield whether we got it.
+
+    The lock lives ``ttl_s`` past its holder's last renewal: the runtime's leases renew it
+    while this process lives, so a killed worker's lock frees itself within ``ttl_s``.
+    """
     token = uuid.uuid4().hex
     held = bool(rt.redis.set(key, token, nx=True, px=max(1, int(ttl_s * 1000))))
+    if held and rt.leases is not None:
+        rt.leases.hold(key, token)
     try:
         yield held
     finally:
         if held:
+            if rt.leases is not None:
+                rt.leases.release(key)
             _release(rt, key, token)
 
 
@@ -392,8 +417,20 @@ def _release(rt: Runtime, key: str, token: str) -> None:
         rt.redis.eval(_RELEASE, 1, key, token)
 
 
-def repo_policy(github: GitHubPort, repo: str, policy: Policy) -> Policy:
-    """Merge the repo's ``.github/cibot.yml`` onto the policy; bad keys are logged, skipped."""
+def repo_policy(
+    github: GitHubPort,
+    repo: str,
+    policy: Policy,
+    *,
+    ref: JobRef | None = None,
+    rt: Runtime | None = None,
+) -> Policy:
+    """Merge the repo's ``.github/cibot.yml`` onto the policy; bad keys are logged, skipped.
+
+    Given the job, a refused file (over a size or depth limit, a risky pattern, a bad key)
+    is also explained on its PR, once per PR and file content: the operator's policy stays
+    in force for whatever was refused.
+    """
     try:
         text = github.default_branch_file(repo, REPO_SOURCE)
     except CibotError as exc:
@@ -402,7 +439,26 @@ def repo_policy(github: GitHubPort, repo: str, policy: Policy) -> Policy:
     merged = merge_repo_config(policy, text, repo=repo)
     for error in merged.errors:
         log.warning("repo config key skipped", extra={"repo": repo, "error": str(error)})
+    if merged.errors and ref is not None and rt is not None and ref.pr_number is not None:
+        _tell_config_errors(github, ref, rt, text or "", merged.errors)
     return merged.policy
+
+
+def _tell_config_errors(
+    github: GitHubPort, ref: JobRef, rt: Runtime, text: str, errors: Sequence[ConfigError]
+) -> None:
+    """Post what was refused in the repo's config on the PR, once per PR and file content."""
+    digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:16]
+    once = f"cibot:config-note:{ref.repo}#{ref.pr_number}:{digest}"
+    if not rt.redis.set(once, "1", nx=True, ex=DONE_TTL_S):
+        return
+    lines = "\n".join(f"- {str(error)[:300]}" for error in errors[:10])
+    body = CONFIG_TEMPLATE.format(source=REPO_SOURCE, errors=lines, marker=CONFIG_MARKER)
+    try:
+        github.upsert_comment(ref.repo, _pr(ref), marker=CONFIG_MARKER, body=body)
+    except CibotError as exc:
+        rt.redis.delete(once)  # say it next time instead
+        log.warning("config note not posted", extra=log_fields(ref, error=str(exc)))
 
 
 def decide(ref: JobRef, gathered: Gathered, rt: Runtime) -> Decision:
@@ -471,15 +527,26 @@ def enqueue_model_job(ref: JobRef, rt: Runtime) -> Outcome:
         rt.ledger.drop_job(ref, reason=f"superseded by {newer[:12]}")
         log.info("stale job dropped", extra=log_fields(ref, newer=newer))
         return Outcome.STALE
+    # The claim is atomic (SET NX): of several copies of one job (a webhook redelivered
+    # under fresh delivery ids), one gathers and routes; the others stop here.
+    with redis_lock(rt, state_key(ref, "claim"), rt.lock_ttl_s) as claimed:
+        if not claimed or rt.redis.exists(state_key(ref, "done"), state_key(ref, "dispatched")):
+            return Outcome.DUPLICATE
+        outcome = _route_and_queue(ref, rt, job)
+        rt.redis.set(state_key(ref, "dispatched"), "1", ex=DONE_TTL_S)
+    return outcome
+
+
+def _route_and_queue(ref: JobRef, rt: Runtime, job: JobModule) -> Outcome:
+    """Gather and route a claimed job, then queue it on its tier (or post "needs a human")."""
     with contextlib.closing(rt.github(ref.installation_id)) as github:
-        gathered = job.gather(github, ref, repo_policy(github, ref.repo, rt.policy))
+        gathered = job.gather(github, ref, repo_policy(github, ref.repo, rt.policy, ref=ref, rt=rt))
         decision = decide(ref, gathered, rt)
         logsetup.bind(tier=decision.tier)
         if decision.tier == "human":
             return _publish_human(ref, rt, job, github, decision)
     rt.ledger.queue_job(ref, tier=decision.tier)
     rt.send(RUN_JOB, ref, queue_for_tier(decision.tier, rt.policy))
-    rt.redis.set(state_key(ref, "dispatched"), "1", ex=DONE_TTL_S)
     log.info("job queued", extra=log_fields(ref, decision.tier))
     return Outcome.QUEUED
 
@@ -519,6 +586,7 @@ def run_job(ref: JobRef, rt: Runtime, *, deadline: Deadline) -> Outcome:
     with redis_lock(rt, state_key(ref, "lock"), rt.lock_ttl_s) as held:
         if not held:
             return Outcome.BUSY
+        _settle_killed(ref, rt)
         if rt.redis.exists(state_key(ref, "done")):
             return Outcome.DUPLICATE
         if not rt.redis.exists(state_key(ref, "result")):
@@ -537,7 +605,7 @@ def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> Ou
     calls: list[Any] = []
     attempt = uuid.uuid4().hex[:12]
     with contextlib.closing(rt.github(ref.installation_id)) as github:
-        gathered = job.gather(github, ref, repo_policy(github, ref.repo, rt.policy))
+        gathered = job.gather(github, ref, repo_policy(github, ref.repo, rt.policy, ref=ref, rt=rt))
         decision = decide(ref, gathered, rt)
         logsetup.bind(tier=decision.tier)
         if decision.tier == "human":  # the evidence changed since dispatch routed it
@@ -551,7 +619,8 @@ def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> Ou
             triggers=[r.trigger for r in decision.reasons],
         )
         deadline.check("the model call")
-        complete = _completer(ref, decision, rt.model(calls.append))
+        trail = Journal(rt.redis, state_key(ref, "calls"), attempt, calls)
+        complete = _completer(ref, decision, rt.model(trail))
         try:
             completion = _complete_job(job, gathered, decision, complete)
         except PrivateTierDown as exc:
@@ -562,7 +631,9 @@ def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> Ou
         finally:
             # Every call is recorded and priced, however the step ends: failed calls cost
             # money too, and the job's tier walk is read from them. (Keys make it once.)
+            # Were this worker killed instead, the next attempt records the journal.
             _record_calls(ref, rt, calls, attempt)
+            trail.close()
     _store(
         ref, rt, job.render(gathered, decision, completion, job_cost(completion.calls)), completion
     )
@@ -630,11 +701,43 @@ def _record_calls(ref: JobRef, rt: Runtime, calls: Sequence[Any], attempt: str) 
         )
 
 
+def _settle_killed(ref: JobRef, rt: Runtime) -> None:
+    """Record the calls a killed attempt journaled (we hold the lock: it is not running)."""
+
+    def record(attempt: str, calls: list[CallInput]) -> None:
+        rt.ledger.record_calls(
+            ref, calls, attempt=attempt, private_tiers=frozenset(rt.policy.private_tiers())
+        )
+        log.warning(
+            "recorded the calls of a killed attempt",
+            extra=log_fields(ref, attempt=attempt, calls=len(calls)),
+        )
+
+    journal.settle(rt.redis, state_key(ref, "calls"), record)
+
+
 def _hold(ref: JobRef, rt: Runtime, job: JobModule, github: GitHubPort, exc: Exception) -> None:
-    """Tell the PR the job waits for the private model, and mark it held."""
+    """Tell the PR the job waits for the private model, and mark it held.
+
+    It waits as long as the operator's policy says (``behaviour.hold_private_hours``),
+    counted from the first time it was held; after that it fails and the PR is told so.
+    """
+    hours = rt.policy.behaviour.hold_private_hours
+    rt.redis.set(state_key(ref, "held_since"), repr(time.time()), nx=True, ex=DONE_TTL_S)
+    raw = rt.redis.get(state_key(ref, "held_since"))
+    since = float(raw.decode() if isinstance(raw, bytes) else raw or time.time())
+    until = since + hours * 3600
+    if time.time() >= until:
+        raise ModelError(
+            f"the private model stayed unavailable for over {hours:g} hours and this pull "
+            "request's data may not go to an external model, so cibot stopped waiting"
+        ) from exc
     rt.ledger.hold_job(ref, reason=str(exc), error_kind=type(exc).__name__)
     body = WAITING_TEMPLATE.format(
-        task=ref.task, sha=ref.head_sha[:12] or "this PR", marker=job.MARKER
+        task=ref.task,
+        sha=ref.head_sha[:12] or "this PR",
+        until=datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%d %H:%M"),
+        marker=job.MARKER,
     )
     try:
         if not rt.redis.exists(state_key(ref, "waiting")):
@@ -684,7 +787,9 @@ def publish(ref: JobRef, rt: Runtime) -> Outcome:
             ),
         )
         rt.redis.set(state_key(ref, "done"), "1", ex=DONE_TTL_S)
-    rt.redis.delete(state_key(ref, "result"), state_key(ref, "waiting"))
+    rt.redis.delete(
+        state_key(ref, "result"), state_key(ref, "waiting"), state_key(ref, "held_since")
+    )
     log.info("job published", extra=log_fields(ref, result["tier"], comment_id=posted))
     return Outcome.PUBLISHED
 

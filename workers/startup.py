@@ -28,7 +28,7 @@ from bot import logsetup
 from bot.errors import CibotError, ConfigError
 from bot.settings import Settings
 from policies.model import Policy
-from workers import metrics
+from workers import leases, metrics
 from workers.celery_app import SANDBOX, model_queues
 
 log = logging.getLogger("cibot.worker")
@@ -310,9 +310,22 @@ def _on_setup_logging(loglevel: int | str = logging.INFO, **_kwargs: Any) -> Non
 
 
 def _on_ready(**_kwargs: Any) -> None:
-    """Say healthy on /healthz once the consumer takes messages."""
+    """Renew the leases of the messages this worker takes; say healthy on /healthz."""
     if _boot is not None:
+        start_message_leases(_boot.settings)
         _boot.ready.set()
+
+
+def start_message_leases(settings: Settings) -> leases.Leases:
+    """Keep this worker's reserved and running messages from being restored to others."""
+    import redis
+
+    def client() -> Any:
+        return redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+
+    held = leases.for_process(client)
+    held.watch_messages(leases.worker_tags)
+    return held
 
 
 def _on_shutting_down(**_kwargs: Any) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bot import logsetup
-from bot.errors import TRANSIENT, CibotError, RateLimited
+from bot.errors import TRANSIENT, CibotError, PrivateTierDown, RateLimited
 from bot.settings import Settings
 from policies.model import Policy
 from workers import metrics, pipeline
@@ -78,7 +78,7 @@ def register(app: Any, *, settings: Settings, policy: Policy, timing: Timing) ->
         app.send_task(name, kwargs=ref.to_kwargs(), queue=queue)
 
     runtime = LazyRuntime(
-        lambda: Runtime.build(settings, policy, send=send, lock_ttl_s=timing.job.hard)
+        lambda: Runtime.build(settings, policy, send=send, lock_ttl_s=timing.lease_s)
     )
     app.cibot_runtime = runtime  # lets tests and tools reach the worker's adapters
     steps: dict[str, Step] = {
@@ -95,7 +95,7 @@ def register(app: Any, *, settings: Settings, policy: Policy, timing: Timing) ->
             reject_on_worker_lost=True,
             soft_time_limit=limit.soft,
             time_limit=limit.hard,
-            max_retries=timing.max_retries,
+            max_retries=None,  # run_step bounds retries itself (timing.max_retries, holds)
         )(_thin(name, step, runtime, timing))
 
 
@@ -133,7 +133,9 @@ def run_step(task: Any, step: Step, ref: JobRef, rt: Runtime, timing: Timing) ->
     try:
         outcome = step(ref, rt)
     except retryable() as exc:
-        if retries >= timing.max_retries:
+        # A held private_only job waits as long as the policy says (pipeline._hold turns it
+        # into a failure then), however many retries that takes.
+        if retries >= timing.max_retries and not isinstance(exc, PrivateTierDown):
             pipeline.fail(ref, rt, exc)
             return "failed"
         delay = backoff(retries, exc, timing)
