@@ -14,6 +14,7 @@ LOG_FORMATS = ("logfmt", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DEFAULT_WORKER_METRICS_PORT = 9808
 DISABLED = ("off", "none", "disabled")
+DEFAULT_CAPTURE_DAYS = 14
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +47,9 @@ class Settings:
     admin_token: str = field(default="", repr=False)
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int | None = DEFAULT_WORKER_METRICS_PORT
+    # Capture for replay (workers.capture): off unless a directory is set.
+    capture_dir: Path | None = None
+    capture_days: int = DEFAULT_CAPTURE_DAYS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -84,6 +88,8 @@ class Settings:
             worker_metrics_port=_port(
                 env, "CIBOT_WORKER_METRICS_PORT", DEFAULT_WORKER_METRICS_PORT, allow_off=True
             ),
+            capture_dir=Path(env["CIBOT_CAPTURE_DIR"]) if env.get("CIBOT_CAPTURE_DIR") else None,
+            capture_days=_days(env, "CIBOT_CAPTURE_DAYS", DEFAULT_CAPTURE_DAYS),
         )
 
     def require_webhook_secret(self) -> str:
@@ -124,6 +130,20 @@ def _port(env: Mapping[str, str], key: str, default: int, *, allow_off: bool = F
     also = " or off" if allow_off else ""
     raise ConfigError(
         f"{key}={value!r} is not a TCP port: use a number from 1 to 65535{also}",
+        key=key,
+        source="environment",
+    )
+
+
+def _days(env: Mapping[str, str], key: str, default: int) -> int:
+    """Return a whole number of days (at least 1) from the variable, else explain."""
+    value = env.get(key, "").strip()
+    if not value:
+        return default
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    raise ConfigError(
+        f"{key}={value!r} is not a number of days: use a whole number of 1 or more",
         key=key,
         source="environment",
     )
