@@ -58,6 +58,7 @@ TOKEN_REFRESH_MARGIN = 300.0
 LOG_CHUNK_SIZE = 64 * 1024
 # Comment bodies and check-run output fields are capped at 65,536 characters by GitHub.
 MAX_TEXT_CHARS = 65_000
+MAX_PAGES = 30  # of 100 items: a list read stops there
 TRUNCATED_NOTE = "\n\n_(truncated: the full text exceeded GitHub's size limit)_"
 REACTIONS = ("+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes")
 PERMISSIONS = ("admin", "maintain", "write", "triage", "read", "none")
@@ -169,6 +170,28 @@ class ReviewCommentInfo:
     line: int | None
     body: str
     author: str
+
+
+@dataclass(frozen=True)
+class LineCommentInfo:
+    """Describe one review line comment with its thread, anchor and reaction counts.
+
+    ``original_*`` fields name the lines as they were in ``original_commit_id``, the commit
+    the comment was written on; ``line`` is None once a later push made it outdated.
+    """
+
+    id: int
+    review_id: int | None
+    in_reply_to_id: int | None
+    path: str
+    line: int | None
+    start_line: int | None
+    original_line: int | None
+    original_start_line: int | None
+    original_commit_id: str
+    body: str
+    author: str
+    reactions: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -882,6 +905,48 @@ class GitHubClient:
             ],
         )
 
+    def line_comments(self, repo: str, number: int) -> list[LineCommentInfo]:
+        """Return the PR's line comments with their review, thread and reaction counts.
+
+        The reaction roll-up comes with each comment in the list, so one paged GET reads
+        the 👍/👎 of every comment (https://docs.github.com/en/rest/pulls/comments).
+        """
+        path = f"/repos/{_check_repo(repo)}/pulls/{number}/comments"
+        return self._call(
+            "line_comments", repo, lambda: [_line_comment_info(c) for c in self._pages(path)]
+        )
+
+    def _pages(self, path: str) -> Iterator[dict[str, Any]]:
+        """Yield the raw items of a paged list, at most ``MAX_PAGES`` of 100.
+
+        Raw JSON, not PyGithub objects: reading a key GitHub leaves out (``in_reply_to_id``
+        on a thread's first comment) would make PyGithub fetch each item once more.
+        """
+        for page in range(1, MAX_PAGES + 1):
+            _, items = self._gh.requester.requestJsonAndCheck(
+                "GET", path, parameters={"per_page": 100, "page": page}
+            )
+            chunk = (
+                [item for item in items if isinstance(item, dict)]
+                if isinstance(items, list)
+                else []
+            )
+            yield from chunk
+            if len(chunk) < 100:
+                return
+
+    def branch_head(self, repo: str, branch: str) -> str | None:
+        """Return the SHA a branch points at, or None when there is no such branch."""
+        quoted = urllib.parse.quote(branch, safe="/")
+        path = f"/repos/{_check_repo(repo)}/git/ref/heads/{quoted}"
+        try:
+            data = self._call("branch_head", repo, lambda: self._api("GET", path), expected=(404,))
+        except GitHubNotFound:
+            return None
+        target = data.get("object") if isinstance(data, dict) else None
+        sha = target.get("sha") if isinstance(target, dict) else None
+        return sha if isinstance(sha, str) else None
+
     # ------------------------------------------------------------ writes
 
     def _clean(self, kind: str, repo: str, body: str) -> str:
@@ -1232,3 +1297,29 @@ def _review_comment_info(comment: Any) -> ReviewCommentInfo:
         body=comment.body,
         author=comment.user.login,
     )
+
+
+def _line_comment_info(item: Mapping[str, Any]) -> LineCommentInfo:
+    """Copy one review comment, its thread links and its reaction counts out of its JSON."""
+    rollup = item.get("reactions")
+    counts = rollup if isinstance(rollup, dict) else {}
+    user = item.get("user")
+    return LineCommentInfo(
+        id=int(item["id"]),
+        review_id=_int_or_none(item.get("pull_request_review_id")),
+        in_reply_to_id=_int_or_none(item.get("in_reply_to_id")),
+        path=str(item.get("path") or ""),
+        line=_int_or_none(item.get("line")),
+        start_line=_int_or_none(item.get("start_line")),
+        original_line=_int_or_none(item.get("original_line")),
+        original_start_line=_int_or_none(item.get("original_start_line")),
+        original_commit_id=str(item.get("original_commit_id") or item.get("commit_id") or ""),
+        body=str(item.get("body") or ""),
+        author=str(user.get("login") or "") if isinstance(user, dict) else "",
+        reactions={k: _int_or_none(counts.get(k)) or 0 for k in REACTIONS},
+    )
+
+
+def _int_or_none(value: Any) -> int | None:
+    """Return an integer JSON value, or None for null, absent or anything else."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

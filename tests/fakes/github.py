@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -450,7 +450,7 @@ class FakeGitHub:
             return int(self._new_comment(self._repo(repo), number, body, author, author_type)["id"])
 
     def react(self, repo: str, comment_id: int, content: str, *, user: str = "alice") -> None:
-        """Add a reaction as a user (e.g. a 👍 on the bot's comment)."""
+        """Add a reaction as a user (a 👍 on the bot's issue comment or review line comment)."""
         with self._lock:
             self._repo(repo).reactions.append(
                 {
@@ -461,6 +461,62 @@ class FakeGitHub:
                     "user_type": "User",
                 }
             )
+
+    def add_line_comment(
+        self,
+        repo: str,
+        number: int,
+        body: str,
+        *,
+        path: str = "",
+        line: int = 0,
+        in_reply_to: int | None = None,
+        author: str = "alice",
+    ) -> dict[str, Any]:
+        """Post a review line comment as a person, or a reply in a thread; return its JSON.
+
+        A reply takes its thread's path and line, as GitHub's replies endpoint does.
+        """
+        with self._lock:
+            state = self._repo(repo)
+            pull = state.pulls[number]
+            anchor = {"path": path, "line": line, "side": "RIGHT"}
+            if in_reply_to is not None:
+                first = next(c for c in state.review_comments if c["id"] == in_reply_to)
+                anchor = {k: first[k] for k in ("path", "line", "side")}
+            review = {"id": next(self._ids), "number": number, "login": author}
+            comment = self._stored_review_comment(
+                {**review, "commit_id": pull.head_sha}, {**anchor, "body": body}, {}
+            )
+            comment["in_reply_to_id"] = in_reply_to
+            comment["user_type"] = "User"
+            state.review_comments.append(comment)
+            return self._review_comment_json(state, comment, self.url)
+
+    def push_pull(
+        self, repo: str, number: int, files: Mapping[str, str], *, message: str = "Update"
+    ) -> str:
+        """Push one commit changing ``files`` onto a pull request's head; return its SHA."""
+        with self._lock:
+            state = self._repo(repo)
+            pull = state.pulls[number]
+            tree = dict(state.trees[state.commits[pull.head_sha]["tree"]])
+            for path, text in files.items():
+                tree[path] = self._put_blob(state, text.encode())
+            sha = self._put_commit(state, self._put_tree(state, tree), [pull.head_sha], message)
+            pull.head_sha = state.refs[pull.head_ref] = sha
+            pull.commits.append(sha)
+            return sha
+
+    def fast_forward(self, repo: str, number: int, sha: str) -> None:
+        """Move a pull request's head to a commit on top of it, as ``git merge --ff-only``."""
+        with self._lock:
+            state = self._repo(repo)
+            pull = state.pulls[number]
+            if not self._descends(state, sha, pull.head_sha):
+                raise ValueError(f"{sha[:12]} is not on top of the head of #{number}")
+            pull.head_sha = state.refs[pull.head_ref] = sha
+            pull.commits.append(sha)
 
     def set_permission(self, repo: str, user: str, level: str) -> None:
         """Give a user a role on the repo: admin, maintain, write, triage, read or none."""
@@ -616,6 +672,16 @@ class FakeGitHub:
         with self._lock:
             state = self._repo(repo)
             return {name: self._files_at(state, sha) for name, sha in state.refs.items()}
+
+    def head_of(self, repo: str, number: int) -> str:
+        """Return a pull request's head SHA."""
+        with self._lock:
+            return self._repo(repo).pulls[number].head_sha
+
+    def ref_of(self, repo: str, branch: str) -> str:
+        """Return the SHA a branch points at."""
+        with self._lock:
+            return self._repo(repo).refs[branch]
 
     def commit(self, repo: str, sha: str) -> dict[str, Any]:
         """Return a commit's message, tree files and parents."""
@@ -1011,7 +1077,9 @@ class FakeGitHub:
             "start_line": comment.get("start_line"),
             "body": comment["body"],
             "login": review["login"],
+            "user_type": "Bot",
             "commit_id": review["commit_id"],
+            "in_reply_to_id": None,
             "created_at": _now_iso(),
         }
 
@@ -1602,8 +1670,14 @@ class FakeGitHub:
     def _review_comment_json(
         self, state: _Repo, comment: dict[str, Any], base: str
     ) -> dict[str, Any]:
-        """Render one line comment of a review."""
+        """Render one line comment of a review, with its reaction roll-up."""
+        counts = {name: 0 for name in REACTIONS}
+        for reaction in state.reactions:
+            if reaction["comment_id"] == comment["id"]:
+                counts[reaction["content"]] += 1
+        reply = {"in_reply_to_id": comment["in_reply_to_id"]} if comment["in_reply_to_id"] else {}
         return {
+            **reply,
             "id": comment["id"],
             "node_id": f"PRRC_{comment['id']}",
             "url": f"{base}/repos/{state.full_name}/pulls/comments/{comment['id']}",
@@ -1613,18 +1687,24 @@ class FakeGitHub:
             "original_line": comment["line"],
             "side": comment["side"],
             "start_line": comment["start_line"],
+            "original_start_line": comment["start_line"],
             "start_side": comment["side"] if comment["start_line"] else None,
             "position": None,
             "diff_hunk": "",
             "body": comment["body"],
             "commit_id": comment["commit_id"],
             "original_commit_id": comment["commit_id"],
-            "user": self._user_json(comment["login"], "Bot", base),
+            "user": self._user_json(comment["login"], comment["user_type"], base),
             "created_at": comment["created_at"],
             "updated_at": comment["created_at"],
             "pull_request_url": f"{base}/repos/{state.full_name}/pulls/{comment['number']}",
             "html_url": f"https://github.com/{state.full_name}/pull/{comment['number']}"
             f"#discussion_r{comment['id']}",
+            "reactions": {
+                "url": f"{base}/repos/{state.full_name}/pulls/comments/{comment['id']}/reactions",
+                "total_count": sum(counts.values()),
+                **counts,
+            },
         }
 
     def _check_run_json(self, state: _Repo, run: dict[str, Any], base: str) -> dict[str, Any]:
