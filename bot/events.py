@@ -83,6 +83,12 @@ def is_bot(user: object, *, bot_login: str) -> bool:
     )
 
 
+def is_self(user: object, *, bot_login: str) -> bool:
+    """Return whether a payload ``user`` object is cibot itself, not any other bot."""
+    login = user.get("login") if isinstance(user, Mapping) else None
+    return isinstance(login, str) and login.lower() == bot_login.lower()
+
+
 def installation_of(event: Event) -> int:
     """Return the event's installation id, or raise PayloadError when it has none."""
     installation_id = event.installation_id

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 from bot.events import SUPERSEDE, Context, Router, installation_of, is_bot
 from bot.webhooks import Event
 from workers.job import JobRef
 
 router = Router()
+
+# The branch the tests job pushes generated tests to (workers.jobs.tests.BRANCH); a PR
+# opened from it, once closed, says whether those tests were taken.
+TESTS_BRANCH = re.compile(r"cibot/tests/(?P<pr>[1-9][0-9]{0,17})")
 
 
 def _pull_job(event: Event, task: str, **args: str | int | bool) -> JobRef:
@@ -54,6 +60,24 @@ def on_synchronize(event: Event, ctx: Context) -> list[JobRef]:
 
 @router.register("pull_request", action="closed")
 def on_closed(event: Event, ctx: Context) -> list[JobRef]:
-    """Record the PR's outcome (merged or not) for the ledger's cost per accepted PR."""
+    """Record the PR's outcome (merged or not) for the ledger's cost per accepted PR.
+
+    A PR from the bot's generated-tests branch also names the PR those tests were for.
+    """
     merged = event.bool_at("pull_request.merged")
-    return [_pull_job(event, "outcome", merged=merged)]
+    tests_for = tests_branch_pr(event)
+    extra = {"tests_for": tests_for} if tests_for is not None else {}
+    return [_pull_job(event, "outcome", merged=merged, **extra)]
+
+
+def tests_branch_pr(event: Event) -> int | None:
+    """Return the PR number a closed PR's tests branch was written for, if it is one.
+
+    Only a branch of the same repository counts: a fork can name a branch anything.
+    """
+    found = TESTS_BRANCH.fullmatch(event.str_at("pull_request.head.ref"))
+    head_repo = event.get("pull_request.head.repo", None)
+    same = isinstance(head_repo, dict) and head_repo.get("full_name") == event.str_at(
+        "repository.full_name"
+    )
+    return int(found["pr"]) if found and same else None
