@@ -943,6 +943,7 @@ def test_app_manifest_asks_for_exactly_what_the_client_uses() -> None:
         "issue_comment",
         "pull_request",
         "pull_request_review_comment",
+        "pull_request_review_thread",  # resolved threads count as acceptance
         "workflow_run",
     ]
     assert manifest["hook_attributes"] == {
