@@ -19,6 +19,7 @@ from types import MappingProxyType
 WIDTH, HEIGHT = 720, 300
 LEFT, RIGHT, TOP, BOTTOM = 72, 16, 36, 64
 MAX_X_LABELS = 12
+CHAR_WIDTH = 6.5  # px per character at 12px, near enough to decide whether labels fit
 LEGEND_ROW = 16
 PALETTE = (
     "#1f77b4",
@@ -51,6 +52,18 @@ class Frame:
         """Return the width of one x label's band."""
         return (WIDTH - LEFT - RIGHT) / max(len(self.labels), 1)
 
+    @property
+    def slanted(self) -> bool:
+        """Tell whether the x labels are too wide for their bands and must slant."""
+        widest = max((len(label) for label in self.labels), default=0)
+        return widest * CHAR_WIDTH > self.band * 0.95
+
+    @property
+    def drop(self) -> int:
+        """Return the extra height slanted labels need below the plot (sin 30° of their width)."""
+        widest = max((len(label) for label in self.labels), default=0)
+        return math.ceil(widest * CHAR_WIDTH / 2) if self.slanted else 0
+
     def x(self, index: int) -> float:
         """Return the centre of the band of the ``index``-th label."""
         return LEFT + self.band * (index + 0.5)
@@ -82,8 +95,8 @@ def line_chart(
         parts.extend(_line(frame, name, points, colour))
     for name, value in lines.items():
         parts.extend(_reference(frame, name, value))
-    legend, rows = _legend(list(series), ref=list(lines))
-    return _svg(title, [*parts, *legend], rows=rows)
+    legend, rows = _legend(list(series), ref=list(lines), drop=frame.drop)
+    return _svg(title, [*parts, *legend], rows=rows, drop=frame.drop)
 
 
 def bar_chart(groups: Mapping[str, Mapping[str, float]], *, title: str, y_label: str) -> str:
@@ -98,8 +111,8 @@ def bar_chart(groups: Mapping[str, Mapping[str, float]], *, title: str, y_label:
     parts = _axes(frame, title, y_label)
     for index, (x, stack) in enumerate(groups.items()):
         parts.extend(_stack(frame, index, x, stack, colour))
-    legend, rows = _legend(list(names))
-    return _svg(title, [*parts, *legend], rows=rows)
+    legend, rows = _legend(list(names), drop=frame.drop)
+    return _svg(title, [*parts, *legend], rows=rows, drop=frame.drop)
 
 
 # ---- pieces ----------------------------------------------------------------------------------
@@ -163,11 +176,19 @@ def _axes(frame: Frame, title: str, y_label: str) -> list[str]:
     every = math.ceil(len(frame.labels) / MAX_X_LABELS)
     for index, label in enumerate(frame.labels):
         if index % every == 0:
-            parts.append(
-                f'<text x="{frame.x(index):.1f}" y="{bottom + 18}" {FONT} '
-                f'text-anchor="middle">{escape(label)}</text>'
-            )
+            parts.append(_x_label(frame, index, label, bottom + 18))
     return parts
+
+
+def _x_label(frame: Frame, index: int, label: str, y: int) -> str:
+    """Return one x label: centred under its band, or slanted up to it when too wide."""
+    x = frame.x(index)
+    if not frame.slanted:
+        return f'<text x="{x:.1f}" y="{y}" {FONT} text-anchor="middle">{escape(label)}</text>'
+    return (
+        f'<text x="{x:.1f}" y="{y - 6}" {FONT} text-anchor="end" '
+        f'transform="rotate(-30 {x:.1f} {y - 6})">{escape(label)}</text>'
+    )
 
 
 def _mark(name: str, x: str, value: float) -> str:
@@ -228,11 +249,13 @@ def _stack(
     return out
 
 
-def _legend(names: Sequence[str], *, ref: Sequence[str] = ()) -> tuple[list[str], int]:
+def _legend(
+    names: Sequence[str], *, ref: Sequence[str] = (), drop: int = 0
+) -> tuple[list[str], int]:
     """Return the legend under the plot (a swatch and a name per series) and its row count."""
     out = []
     rows = 1
-    x, y = LEFT, HEIGHT - 18
+    x, y = LEFT, HEIGHT - 18 + drop
     styles = [(n, c, False) for n, c in zip(names, _colours(), strict=False)]
     for name, colour, dashed in [*styles, *((n, "#d62728", True) for n in ref)]:
         width = 30 + 7 * len(name)
@@ -249,9 +272,9 @@ def _legend(names: Sequence[str], *, ref: Sequence[str] = ()) -> tuple[list[str]
     return out, rows
 
 
-def _svg(title: str, parts: Sequence[str], *, rows: int = 1) -> str:
+def _svg(title: str, parts: Sequence[str], *, rows: int = 1, drop: int = 0) -> str:
     """Wrap the parts in the outer element, titled for screen readers, tall enough for them."""
-    height = HEIGHT + LEGEND_ROW * (rows - 1)
+    height = HEIGHT + LEGEND_ROW * (rows - 1) + drop
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
         f'aria-label="{escape(title)}" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" '
