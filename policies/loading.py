@@ -418,6 +418,7 @@ REPO_KEYS: dict[str, Any] = {
     "sensitive": dict[Category, _RepoCategory],
     "services": dict[str, _RepoService],
     "dependencies": _RepoDependencies,
+    "shadow": bool,
 }
 
 
@@ -513,6 +514,12 @@ def _merge_skip(merged: dict[str, Any], value: _RepoSkip, repo: str) -> None:
         merged["behaviour"]["skip_bots"] = value.bots
 
 
+def _merge_shadow(merged: dict[str, Any], value: bool, repo: str) -> None:
+    """Turn shadow mode on for the repo; a repo can never turn off the operator's."""
+    if value:
+        merged["behaviour"]["shadow"] = True
+
+
 PERMISSION_ORDER = ("read", "triage", "write", "maintain", "admin")
 
 
@@ -586,4 +593,5 @@ MERGERS: dict[str, Any] = {
     "sensitive": _merge_sensitive,
     "services": _merge_services,
     "dependencies": _merge_dependencies,
+    "shadow": _merge_shadow,
 }

@@ -138,6 +138,7 @@ class JobRecord(Base):
     duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     shadow: Mapped[bool] = mapped_column(Boolean, default=False)
     post_removals: Mapped[int] = mapped_column(Integer, default=0)
+    would_post: Mapped[str] = mapped_column(String(300), default="")
 
 
 class ModelCallRecord(Base):
@@ -231,6 +232,7 @@ class JobRow:
     duration_s: float | None
     shadow: bool = False  # ran and was recorded, but posted nothing (shadow mode)
     post_removals: int = 0  # what the post scan removed from its posts
+    would_post: str = ""  # shadow mode: what it would have posted, by shape
 
 
 @dataclass(frozen=True)
@@ -354,6 +356,7 @@ class JobResult:
     error: str = ""
     shadow: bool = False
     post_removals: int = 0
+    would_post: str = ""
 
 
 def now() -> datetime:
@@ -817,6 +820,7 @@ def _finish_values(result: JobResult, at: datetime, started: datetime | None) ->
         "error": result.error[:ERROR_LIMIT],
         "shadow": result.shadow,
         "post_removals": result.post_removals,
+        "would_post": result.would_post[:300],
         "finished_at": at,
         "duration_s": (at - as_utc(started)).total_seconds() if started else None,
     }

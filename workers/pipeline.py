@@ -60,6 +60,7 @@ from workers.job import EDGE_TASKS, MODEL_TASKS, JobRef
 from workers.journal import Journal
 from workers.leases import Leases
 from workers.ledger import FAILED, SUCCEEDED, CallInput, JobResult, Ledger, job_key
+from workers.shadow import ShadowGitHub, shadowed
 
 log = logging.getLogger("cibot.pipeline")
 
@@ -357,6 +358,12 @@ def head_key(repo: str, pr_number: int) -> str:
     return f"cibot:head:{repo}#{pr_number}"
 
 
+def github_for(rt: Runtime, ref: JobRef, *, shadow: bool = False) -> ShadowGitHub:
+    """Return the job's GitHub client, which swallows writes when the job is in shadow mode."""
+    on = shadow or shadowed(rt.policy, installation_id=ref.installation_id, repo=ref.repo)
+    return ShadowGitHub(rt.github(ref.installation_id), shadow=on)
+
+
 def job_module(task: str) -> JobModule | None:
     """Import ``workers.jobs.<task>``, or return None when no such job exists yet."""
     return cast("JobModule | None", _import(f"workers.jobs.{task}"))
@@ -441,6 +448,10 @@ def repo_policy(
         log.warning("repo config key skipped", extra={"repo": repo, "error": str(error)})
     if merged.errors and ref is not None and rt is not None and ref.pr_number is not None:
         _tell_config_errors(github, ref, rt, text or "", merged.errors)
+    if isinstance(github, ShadowGitHub) and shadowed(
+        merged.policy, installation_id=ref.installation_id if ref else 0, repo=repo
+    ):
+        github.shadow = True  # the repo's config turned shadow mode on for itself
     return merged.policy
 
 
@@ -503,7 +514,7 @@ def _command(ref: JobRef, rt: Runtime) -> Outcome:
     if command is None:
         log.warning("comment commands are not available in this build", extra=log_fields(ref))
         return Outcome.IGNORED
-    with contextlib.closing(rt.github(ref.installation_id)) as github:
+    with contextlib.closing(github_for(rt, ref)) as github:
         follow: list[JobRef] = command.handle_command(
             ref, gh=github, policy=rt.policy, ledger=rt.ledger, bot_login=rt.settings.bot_login
         )
@@ -539,7 +550,7 @@ def enqueue_model_job(ref: JobRef, rt: Runtime) -> Outcome:
 
 def _route_and_queue(ref: JobRef, rt: Runtime, job: JobModule) -> Outcome:
     """Gather and route a claimed job, then queue it on its tier (or post "needs a human")."""
-    with contextlib.closing(rt.github(ref.installation_id)) as github:
+    with contextlib.closing(github_for(rt, ref)) as github:
         gathered = job.gather(github, ref, repo_policy(github, ref.repo, rt.policy, ref=ref, rt=rt))
         decision = decide(ref, gathered, rt)
         logsetup.bind(tier=decision.tier)
@@ -552,17 +563,31 @@ def _route_and_queue(ref: JobRef, rt: Runtime, job: JobModule) -> Outcome:
 
 
 def _publish_human(
-    ref: JobRef, rt: Runtime, job: JobModule, github: GitHubPort, decision: Decision
+    ref: JobRef, rt: Runtime, job: JobModule, github: ShadowGitHub, decision: Decision
 ) -> Outcome:
     """Tell the PR a person must do this one, and close the job on the human tier."""
     reasons = "\n".join(f"- `{r.trigger}`: {r.evidence}" for r in decision.reasons)
     body = HUMAN_TEMPLATE.format(task=ref.task, reasons=reasons, marker=job.MARKER)
     comment_id = github.upsert_comment(ref.repo, _pr(ref), marker=job.MARKER, body=body)
-    rt.ledger.finish_job(
-        ref, JobResult(status=SUCCEEDED, tier="human", model="human", comment_id=comment_id)
-    )
+    rt.ledger.finish_job(ref, _result(github, tier="human", model="human", comment_id=comment_id))
     rt.redis.set(state_key(ref, "done"), "1", ex=DONE_TTL_S)
     return Outcome.PUBLISHED
+
+
+def _result(
+    github: ShadowGitHub, *, tier: str, model: str, comment_id: int | None, removed: int = 0
+) -> JobResult:
+    """Describe a published job: what the post scan removed, and in shadow mode what it
+    would have posted (it posted nothing, so there is no comment to rate)."""
+    return JobResult(
+        status=SUCCEEDED,
+        tier=tier,
+        model=model,
+        comment_id=None if github.shadow else comment_id,
+        shadow=github.shadow,
+        would_post=github.note(),
+        post_removals=removed + sum(getattr(github, "removed", {}).values()),
+    )
 
 
 def _pr(ref: JobRef) -> int:
@@ -604,7 +629,7 @@ def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> Ou
     """Gather, route, pack, complete, validate and render; store the result."""
     calls: list[Any] = []
     attempt = uuid.uuid4().hex[:12]
-    with contextlib.closing(rt.github(ref.installation_id)) as github:
+    with contextlib.closing(github_for(rt, ref)) as github:
         gathered = job.gather(github, ref, repo_policy(github, ref.repo, rt.policy, ref=ref, rt=rt))
         decision = decide(ref, gathered, rt)
         logsetup.bind(tier=decision.tier)
@@ -634,9 +659,9 @@ def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> Ou
             # Were this worker killed instead, the next attempt records the journal.
             _record_calls(ref, rt, calls, attempt)
             trail.close()
-    _store(
-        ref, rt, job.render(gathered, decision, completion, job_cost(completion.calls)), completion
-    )
+        shadow = github.shadow
+    payload = job.render(gathered, decision, completion, job_cost(completion.calls))
+    _store(ref, rt, payload, completion, shadow=shadow)
     return Outcome.COMPUTED
 
 
@@ -676,10 +701,17 @@ def _complete_job(
     return completion
 
 
-def _store(ref: JobRef, rt: Runtime, payload: Mapping[str, Any], completion: Any) -> None:
+def _store(
+    ref: JobRef, rt: Runtime, payload: Mapping[str, Any], completion: Any, *, shadow: bool
+) -> None:
     """Keep the rendered result for the publish step."""
     # The ledger counts fallbacks from the recorded calls, so only the result travels here.
-    result = {"payload": payload, "tier": completion.tier, "model": completion.model}
+    result = {
+        "payload": payload,
+        "tier": completion.tier,
+        "model": completion.model,
+        "shadow": shadow,
+    }
     rt.redis.set(state_key(ref, "result"), json.dumps(result), ex=RESULT_TTL_S)
     logsetup.bind(tier=completion.tier)  # where a fallback took the job
     log.info(
@@ -775,17 +807,18 @@ def publish(ref: JobRef, rt: Runtime) -> Outcome:
             return Outcome.BUSY
         if rt.redis.exists(state_key(ref, "done")):
             return Outcome.DUPLICATE
-        with contextlib.closing(rt.github(ref.installation_id)) as github:
+        shadow = bool(result.get("shadow"))
+        with contextlib.closing(github_for(rt, ref, shadow=shadow)) as github:
             posted = job.publish(github, ref, result["payload"])
-        rt.ledger.finish_job(
-            ref,
-            JobResult(
-                status=SUCCEEDED,
+            removed = int(result["payload"].get("removed", 0))
+            closed = _result(
+                github,
                 tier=result["tier"],
                 model=result["model"],
                 comment_id=posted,
-            ),
-        )
+                removed=removed,
+            )
+        rt.ledger.finish_job(ref, closed)
         rt.redis.set(state_key(ref, "done"), "1", ex=DONE_TTL_S)
     rt.redis.delete(
         state_key(ref, "result"), state_key(ref, "waiting"), state_key(ref, "held_since")
@@ -821,7 +854,7 @@ def fail(ref: JobRef, rt: Runtime, exc: BaseException) -> None:
         return
     body = failure_note(ref, exc, reason, marker=job.MARKER, path=_tier_path(ref, rt))
     try:
-        with contextlib.closing(rt.github(ref.installation_id)) as github:
+        with contextlib.closing(github_for(rt, ref)) as github:
             github.upsert_comment(ref.repo, ref.pr_number, marker=job.MARKER, body=body)
     except CibotError as error:
         log.warning("failure note not posted", extra=log_fields(ref, error=str(error)))
@@ -872,7 +905,7 @@ def _nothing_to_do(ref: JobRef, rt: Runtime, exc: NothingToDo, reason: str) -> N
         return
     body = NOTHING_TEMPLATE.format(reason=reason, marker=job.MARKER)
     try:
-        with contextlib.closing(rt.github(ref.installation_id)) as github:
+        with contextlib.closing(github_for(rt, ref)) as github:
             github.upsert_comment(ref.repo, ref.pr_number, marker=job.MARKER, body=body)
     except CibotError as error:
         log.warning("nothing-to-do note not posted", extra=log_fields(ref, error=str(error)))

@@ -39,7 +39,7 @@ from bot.github import ReviewComment
 from policies.evidence import decode, evidence_from_diff
 from policies.model import Policy
 from policies.routing import Decision
-from workers import packing
+from workers import packing, posts
 from workers.job import JobRef
 from workers.jobs.posting import clean, footer, untrusted
 from workers.pipeline import Gathered, GitHubPort, ModelRequest, log_fields, nonce
@@ -518,6 +518,8 @@ def render(
         "footer": footer(decision, completion, cost_usd, noun="review"),
         "counts": {"below": below, "dropped": dropped, "moved": moved, "overflow": overflow},
         "comments": comments[:MAX_STORED],
+        # Suggestions withheld as unsafe; the ledger adds this to what the post scan removed.
+        "removed": sum(posts.SUGGESTION_WITHHELD.split(":")[0] in c["body"] for c in comments),
     }
 
 
@@ -642,11 +644,19 @@ def _comment(hunks: Hunks, finding: Finding, placement: Placement) -> dict[str, 
 
 
 def _suggestion(hunks: Hunks, placement: Placement, suggestion: str | None) -> str:
-    """Render a suggestion block when it is exact, plain code when not, nothing when unsafe."""
+    """Render a suggestion block when it is exact, plain code when not, nothing when unsafe.
+
+    Model output is untrusted: a suggestion that adds a process, network, eval/exec or
+    file-system call the lines it replaces do not make is withheld, saying why; the finding
+    stays (workers.posts.check_suggestion).
+    """
     lines = _suggested_lines(suggestion)
     if lines is None:
         return ""
     code = "\n".join(lines)
+    risk = posts.check_suggestion(code, _replaced(hunks, placement), path=placement.path)
+    if risk is not None:
+        return "\n" + posts.SUGGESTION_WITHHELD.format(reason=risk) + "\n"
     fence = "`" * max(3, _longest_backticks(code) + 1)
     template = EXACT_SUGGESTION if is_exact(hunks, placement, lines) else PLAIN_SUGGESTION
     return template.format(fence=fence, code=code)
@@ -680,6 +690,16 @@ def is_exact(hunks: Hunks, placement: Placement, lines: Sequence[str]) -> bool:
         _overlaps(current.get(start - 1), lines[:1])
         or _overlaps(current.get(placement.line + 1), lines[-1:])
     )
+
+
+def _replaced(hunks: Hunks, placement: Placement) -> str:
+    """Return the text of the lines a suggestion at ``placement`` would replace."""
+    start = placement.start_line or placement.line
+    for hunk in hunks.get(placement.path, ()):
+        side = {d.at(placement.side): d.text for d in hunk if d.on(placement.side)}
+        if placement.line in side:
+            return "\n".join(side[n] for n in range(start, placement.line + 1) if n in side)
+    return ""
 
 
 def _right_text(hunks: Hunks, placement: Placement) -> dict[int, str]:
