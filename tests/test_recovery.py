@@ -262,7 +262,8 @@ def test_the_shadow_client_reads_through_and_swallows_writes() -> None:
     """Reads reach the real client; writes are noted by shape and return no id."""
 
     class Inner:
-        removed: dict[str, int] = {"images": 2}
+        def __init__(self) -> None:
+            self.removed = {"images": 2}
 
         def pull(self, repo: str, number: int) -> str:
             return f"{repo}#{number}"
