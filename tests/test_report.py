@@ -235,3 +235,131 @@ def test_dates_parse_as_utc() -> None:
     assert parse_when("2025-03-01T02:00:00+02:00", flag="--since") == SINCE
     with pytest.raises(Exception, match="--until"):
         parse_when("soon", flag="--until")
+
+
+# ---- acceptance signals, shadow jobs and the --by views ---------------------------------------
+
+
+def signalled(tmp_path: Path) -> str:
+    """Seed two PRs with a summary and a review each, feedback of four kinds, and a shadow job."""
+    url = f"sqlite:///{tmp_path / 'signals.db'}"
+    ledger = Ledger(url)
+    for pr, comment in ((1, 11), (2, 21)):
+        for task, calls in (("summary", [local(4_000)]), ("review", [api("mid", 0.20)])):
+            ref = JobRef(
+                task=task,
+                installation_id=1,
+                repo="acme/app",
+                delivery_id=f"{pr}{task}",
+                pr_number=pr,
+            )
+            ledger.start_job(ref, tier=calls[0].tier, at=day(1))
+            result = JobResult(
+                status=SUCCEEDED,
+                tier=calls[0].tier,
+                calls=calls,
+                comment_id=comment if task == "summary" else None,
+            )
+            ledger.finish_job(ref, result, at=day(1))
+    shadow = JobRef(task="review", installation_id=1, repo="acme/app", delivery_id="s", pr_number=3)
+    ledger.start_job(shadow, tier="mid", at=day(2))
+    ledger.finish_job(
+        shadow,
+        JobResult(status=SUCCEEDED, tier="mid", calls=[api("mid", 0.75)], shadow=True),
+        at=day(2),
+    )
+    for key, pr, signal, value, task, comment in (
+        ("a", 1, "reaction", 1, "", 11),  # no task: the sticky comment names the summary job
+        ("b", 1, "suggestion_applied", 1, "review", 901),
+        ("c", 2, "thread_resolved", 1, "", 902),  # a review comment: the PR's review job
+        ("d", 2, "reaction", -1, "", 21),
+        ("e", 2, "replied", 0, "", 903),
+        ("f", 9, "reaction", 1, "summary", 99),  # a PR the window never worked on
+    ):
+        ledger.record_feedback(
+            key=key,
+            installation_id=1,
+            repo="acme/app",
+            pr_number=pr,
+            signal=signal,
+            value=value,
+            task=task,
+            comment_id=comment,
+            at=day(3),
+        )
+    ledger.record_outcome(
+        installation_id=1,
+        repo="acme/app",
+        pr_number=1,
+        outcome="merged",
+        delivery_id="m1",
+        at=day(4),
+    )
+    ledger.close()
+    return url
+
+
+def test_every_positive_signal_accepts_the_result_it_is_on(tmp_path: Path) -> None:
+    """Sticky-comment, review-comment and named-task signals each find their job; -1 and 0 do not."""
+    done = cli(signalled(tmp_path), "--since", "2025-03-01", "--until", "2025-03-11", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["results_posted"], report["results_accepted"]) == (4, 3)
+    assert report["acceptance_rate"] == pytest.approx(3 / 4)
+    signals = report["acceptance_by_signal"]
+    assert signals["reaction"] == {"positive": 1, "negative": 1, "neutral": 0, "results": 1}
+    assert signals["thread_resolved"]["results"] == 1
+    assert signals["replied"] == {"positive": 0, "negative": 0, "neutral": 1, "results": 0}
+    cells = {
+        (c["task"], c["tier"]): (c["posted"], c["accepted"])
+        for c in report["acceptance_by_task_tier"]
+    }
+    assert cells == {("review", "mid"): (2, 2), ("summary", "local"): (2, 1)}
+    assert report["prs_signalled"] == 2
+
+
+def test_shadow_jobs_stay_out_of_the_pr_figures(tmp_path: Path) -> None:
+    """The shadow review's PR is not worked on, its $0.75 is not in mid's spend, but it is shown."""
+    done = cli(signalled(tmp_path), "--since", "2025-03-01", "--until", "2025-03-11", "--json")
+    report = json.loads(done.stdout)
+    assert report["prs_worked"] == 2 and report["jobs_finished"] == 4
+    assert report["spend"]["mid"]["api_usd"] == pytest.approx(0.40)
+    assert report["shadow"]["jobs"] == 1 and report["shadow"]["by_tier"] == {"mid": 1}
+    assert report["shadow"]["api_usd"] == pytest.approx(0.75)
+    assert report["spend_fully_loaded_usd"] == pytest.approx(WINDOW_COST + 0.40 + 0.75)
+    text = cli(signalled(tmp_path), "--since", "2025-03-01", "--until", "2025-03-11").stdout
+    assert "Shadow jobs            1 (mid 1)" in text
+
+
+def test_the_by_views_split_the_window_and_csv_parses(seeded: str) -> None:
+    """--by repo and task split the figures; --by week --csv gives one row per ISO week."""
+    window = ("--since", "2025-03-01", "--until", "2025-03-11")
+    by_repo = cli(seeded, *window, "--by", "repo", "--json")
+    rows = {r["key"]: r for r in json.loads(by_repo.stdout)["rows"]}
+    assert set(rows) == {"acme/app", "acme/other"}
+    assert (rows["acme/app"]["prs_worked"], rows["acme/app"]["prs_merged"]) == (3, 2)
+    assert rows["acme/app"]["cost_per_accepted_pr_fully_loaded"] == pytest.approx(
+        (WINDOW_COST * 20_000 / 40_000 + 1.55) / 2
+    )
+    by_task = cli(seeded, *window, "--by", "task")
+    assert by_task.returncode == 0
+    assert [line.split()[0] for line in by_task.stdout.splitlines()[1:]] == [
+        "ci",
+        "review",
+        "summary",
+        "tests",
+    ]
+    weekly = cli(seeded, *window, "--by", "week", "--csv")
+    header, *lines = weekly.stdout.splitlines()
+    assert header.startswith("week,jobs_finished,prs_worked,prs_merged,spend_fully_loaded_usd")
+    assert [line.split(",")[0] for line in lines] == ["2025-W09", "2025-W10", "2025-W11"]
+    assert sum(float(line.split(",")[4]) for line in lines) == pytest.approx(WINDOW_COST + 1.55)
+    total = cli(seeded, *window, "--csv").stdout.splitlines()
+    assert total[0].startswith("window,") and total[1].startswith("all,7,4,3,")
+
+
+def test_an_empty_window_says_no_prs_rather_than_zero_dollars(policy: Policy) -> None:
+    """With nothing worked on, the PR spend line is n/a and the idle rung is named as such."""
+    text = render_text(compute_report([], [], [], policy, SINCE, UNTIL))
+    assert "Spend on those PRs     n/a: no PRs worked on in the window" in text
+    assert f"(of it: ${WINDOW_COST:,.2f} idle rung time)" in text
