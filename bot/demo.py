@@ -263,7 +263,7 @@ def _signals(rng: random.Random, task: str) -> tuple[tuple[str, int, bool], ...]
         "review": [
             ("thread_resolved", 1, False, 0.45),
             ("suggestion_applied", 1, False, 0.25),
-            ("replied", 0, False, 0.2),
+            ("replied", 1, False, 0.2),
             ("reaction", -1, False, 0.08),
         ],
         "ci": [("reaction", 1, True, 0.3)],
