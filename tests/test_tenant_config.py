@@ -181,3 +181,26 @@ def test_cibot_route_exits_2_with_one_line_for_a_hostile_config(tmp_path: Path) 
     assert result.returncode == 2 and result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
     assert "nested more than" in line and "Traceback" not in result.stderr
+
+
+def test_repo_content_patterns_run_under_a_time_budget_and_the_operators_do_not() -> None:
+    """A repo's pattern searches with a timeout; the operator's keep the plain engine."""
+    import re
+    import time
+
+    from policies import semantic
+
+    policy = load_policy()
+    repo_rule = "sensitive: {payments: {content: [{pattern: 'acme_ledger_\\w+'}]}}"
+    merged = merge_repo_config(policy, repo_rule).policy
+    engines = {d.pattern.pattern: d.pattern for d in semantic.rules(merged).detectors}
+    assert isinstance(engines["acme_ledger_\\w+"], semantic.BudgetedPattern)
+    operator_rules = [r.pattern for c in policy.sensitive.values() for r in c.content]
+    assert all(isinstance(engines[p], re.Pattern) for p in operator_rules)
+    # One that backtracks (the load check refuses it; the budget bounds what it misses).
+    slow = semantic.BudgetedPattern(r"(a|aa)+$")
+    started = time.monotonic()
+    assert slow.search("a" * 40 + "b") is None and slow.tripped
+    assert slow.search("aaaa") is None  # dropped for good
+    assert time.monotonic() - started < 1.0
+    assert semantic.BudgetedPattern(r"acme_\w+").search("x = acme_ledger") is not None
