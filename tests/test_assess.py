@@ -303,10 +303,15 @@ def priced_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_cli_json_report_offline(built: Built, priced_file: Path, tmp_path: Path) -> None:
+    # The review job's module imports the GitHub client module (so httpx) for its types;
+    # what matters offline is that no socket is opened and no broker or model library loads.
     probe = (
-        "import sys; from bot.cli import main; code = main(sys.argv[1:]);"
-        "loaded = [m for m in ('litellm', 'celery', 'redis', 'httpx') if m in sys.modules];"
-        "print('loaded:' + ','.join(loaded), file=sys.stderr); sys.exit(code)"
+        "import sys; opened = [];"
+        "sys.addaudithook(lambda e, a: opened.append(e) if e in "
+        "('socket.connect', 'socket.getaddrinfo') else None);"
+        "from bot.cli import main; code = main(sys.argv[1:]);"
+        "loaded = [m for m in ('litellm', 'celery', 'redis') if m in sys.modules];"
+        "print('loaded:' + ','.join(loaded + opened), file=sys.stderr); sys.exit(code)"
     )
     done = subprocess.run(
         [
@@ -332,7 +337,7 @@ def test_cli_json_report_offline(built: Built, priced_file: Path, tmp_path: Path
     report = json.loads(done.stdout)
     assert report["changes"] == 4 and report["skipped"] == 1
     assert report["prices_usd_per_mtok"] == {"mid": [3.0, 15.0], "frontier": [5.0, 25.0]}
-    assert done.stderr.strip().splitlines()[-1] == "loaded:"  # no client library was imported
+    assert done.stderr.strip().splitlines()[-1] == "loaded:"  # no socket, broker or model library
 
 
 def test_cli_text_report(built: Built, priced_file: Path, tmp_path: Path) -> None:
@@ -372,3 +377,468 @@ def test_default_prices_come_from_the_price_map(built: Built) -> None:
 
 def test_tier_prices_use_the_policy_prices() -> None:
     assert tier_prices(PRICED) == {"mid": (3e-06, 1.5e-05), "frontier": (5e-06, 2.5e-05)}
+
+
+# ---- the decision: real prompts, PRs, verdict, table, CSV, roll-up, plot ----------------------
+
+ORDERS = '''\
+"""Orders: totals, discounts and the receipt."""
+
+import decimal
+from dataclasses import dataclass
+
+
+@dataclass
+class Line:
+    """One line of an order."""
+
+    sku: str
+    quantity: int
+    price: decimal.Decimal
+
+
+def total(lines):
+    """Return the order's total."""
+    return sum(line.price * line.quantity for line in lines)
+'''
+
+ORDERS_V2 = (
+    ORDERS
+    + '''
+
+def discounted(lines, percent):
+    """Return the total less a percentage, rounded to cents."""
+    value = total(lines) * (100 - percent) / 100
+    return value.quantize(decimal.Decimal("0.01"))
+
+
+def receipt(lines):
+    """Return one text line per order line, then the total."""
+    rows = [f"{line.sku:<12} {line.quantity:>3} x {line.price:>8}" for line in lines]
+    rows.append(f"{'total':<12} {total(lines):>16}")
+    return "\\n".join(rows)
+'''
+)
+
+SESSION = '''\
+"""Sign and check session cookies."""
+
+import hmac
+import hashlib
+
+
+def sign(value, key):
+    """Return the value with its HMAC."""
+    mac = hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+    return f"{value}.{mac}"
+
+
+def check(cookie, key):
+    """Return the value when its HMAC matches, else None."""
+    value, _, mac = cookie.rpartition(".")
+    expected = hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+    return value if hmac.compare_digest(mac, expected) else None
+'''
+
+
+@pytest.fixture(scope="module")
+def pyrepo(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """Build a small Python project whose history has squash subjects, a merged PR and a bump."""
+    repo = Repo(tmp_path_factory.mktemp("assess-py"))
+    repo.git("init", "-q", "-b", "main")
+    shas = {
+        "start": repo.commit(
+            "Start the shop",
+            {"README.md": "# shop\n", "requirements.txt": "django==4.2.1\nrequests==2.31.0\n"},
+        ),
+        "orders": repo.commit(
+            "Add orders and their totals (#11)\n\nThe first model of the shop.",
+            {"shop/orders.py": ORDERS},
+            days=2,
+        ),
+        "discounts": repo.commit(
+            "Add discounts and a receipt (#12)\n\nCustomers asked for percentage discounts.\n"
+            "The receipt prints one row per line.",
+            {"shop/orders.py": ORDERS_V2, "docs/orders.md": "Totals, discounts, receipts.\n"},
+            days=3,
+        ),
+    }
+    repo.git("checkout", "-q", "-b", "session")
+    repo.commit("Sign session cookies", {"shop/session.py": SESSION})
+    repo.commit("Test the cookie check", {"tests/test_session.py": "def test_x():\n    pass\n"})
+    repo.git("checkout", "-q", "main")
+    repo.clock += 2 * DAY
+    repo.git(
+        "merge", "-q", "--no-ff", "session",
+        "-m", "Merge pull request #13 from dev/session\n\nSign session cookies with HMAC",
+    )  # fmt: skip
+    shas["merge"] = repo.git("rev-parse", "HEAD")
+    shas["bump"] = repo.commit(
+        "Bump django from 4.2.1 to 5.0.1 (#14)",
+        {"requirements.txt": "django==5.0.1\nrequests==2.31.0\n"},
+        days=4,
+    )
+    return Built(repo.path, shas)
+
+
+@dataclass
+class Port:
+    """Serve one commit as a pull request to a job's gather step (the test's own reading)."""
+
+    pull_info: Any
+    diff: str
+
+    def pull(self, repo: str, number: int) -> Any:
+        """Return the pull request."""
+        return self.pull_info
+
+    def pull_diff(self, repo: str, number: int) -> str:
+        """Return the diff."""
+        return self.diff
+
+    def upsert_comment(self, repo: str, number: int, *, marker: str, body: str) -> int:
+        """Take a job's reply."""
+        return 1
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Stand for a completion, so the summary's map step can go on."""
+
+    data: Any
+    calls: tuple[Any, ...] = ()
+    fallbacks: int = 0
+    fallback_reasons: tuple[str, ...] = ()
+
+
+def reference(built: Built, sha: str, policy: Any) -> dict[str, int]:
+    """Build what each job sends for one commit, from `git diff` and `git log`; count tokens."""
+    from dataclasses import replace as copy
+
+    from bot.errors import NothingToDo
+    from bot.github import PullInfo
+    from policies.evidence import evidence_from_diff
+    from policies.routing import route_many
+    from workers import pipeline, tokens
+    from workers.job import JobRef
+    from workers.jobs import deps, review, summary, tests
+
+    git = Repo(built.path)
+    diff = git.git("diff", "--find-renames", f"{sha}^1", sha) + "\n"
+    subject, _, rest = git.git("log", "-1", "--format=%B", sha).partition("\n")
+    body = rest.strip()
+    if subject.startswith("Merge pull request"):
+        subject, _, body = body.partition("\n")
+    title = subject.split(" (#")[0]
+    pull = PullInfo(
+        number=1, title=title, body=body.strip(), author="dev", author_is_bot=False, draft=False,
+        state="closed", merged=True, head_sha=sha, head_ref="", base_ref="", base_sha="",
+        labels=(), default_branch="main",
+    )  # fmt: skip
+    routed = evidence_from_diff(diff, count=tokens.count, require_text=False)
+    work = pipeline.Gathered(
+        pull=pull,
+        diff=diff,
+        evidence=evidence_from_diff(diff),
+        policy=policy,
+        extra={"hunks": review.hunks_of(diff)},
+    )
+    ref = JobRef(task="deps", installation_id=1, repo="o/r", delivery_id="d", pr_number=1)
+    sent: dict[str, int] = {}
+    for decision in route_many(history.tasks_for(routed.files), routed, policy):
+        requests: list[list[dict[str, str]]] = []
+        if decision.task == "summary":
+
+            def complete(
+                tier: str, request: Any, reason: str = "", sink: list[Any] = requests
+            ) -> Reply:
+                sink.append(request.messages)
+                return Reply({"what": "x", "why": "", "risks": [], "files": []})
+
+            summary.compute(work, decision, complete)
+        elif decision.task == "review":
+            requests.append(review.request(work, decision).messages)
+        elif decision.task == "tests":
+            found = [
+                target
+                for f in tests.python_sources(work.evidence.files)
+                if not tests.is_test_file(f.path)
+                for target in tests.targets_in(
+                    f.path, git.git("show", f"{sha}:{f.path}") + "\n",
+                    frozenset(n for n, _ in f.added),
+                )
+            ]  # fmt: skip
+            if found:
+                root = Path(built.path.parent / f"ref-{sha[:8]}" / "repo")
+                session = tests.Session(
+                    root=root, targets=tuple(found), test_path="tests/t.py",
+                    evidence=work.evidence, policy=policy,
+                )  # fmt: skip
+                gathered = copy(work, extra={"session": session})
+                requests.append(tests.first_messages(gathered, decision, "tag0tag0tag0"))
+        elif decision.task == "deps":
+            try:
+                port = Port(pull, diff)
+                surveyed = deps.gather(port, ref, policy, source=deps.GitSource(built.path, sha))  # type: ignore[arg-type]
+                requests.append(deps.request(surveyed, decision).messages)
+            except NothingToDo:
+                pass
+        sent[decision.task] = sum(tokens.count(m["content"]) for r in requests for m in r)
+    return sent
+
+
+def test_prompt_tokens_are_within_15_percent_of_the_jobs_own(pyrepo: Built) -> None:
+    report = assess(iter(walked(pyrepo)), PRICED, repo=pyrepo.path)
+    assert report["prompt_tokens_from"] == "jobs"
+    by_commit = {row["commit"]: row for row in report["per_change"]}
+    ours: dict[str, int] = {}
+    theirs: dict[str, int] = {}
+    for name, sha in pyrepo.shas.items():
+        if name == "start":
+            continue  # a root commit has no parent to diff against here
+        expected = reference(pyrepo, sha, PRICED)
+        got = {t["task"]: t["prompt_tokens"] for t in by_commit[sha[:12]]["tasks"]}
+        assert set(got) == set(expected), name
+        for task, tokens in expected.items():
+            ours[task] = ours.get(task, 0) + got[task]
+            theirs[task] = theirs.get(task, 0) + tokens
+            assert abs(got[task] - tokens) <= 0.15 * tokens, (name, task, got[task], tokens)
+    assert set(theirs) == {"summary", "review", "tests", "deps"}
+    assert all(theirs[t] > 0 for t in ("summary", "review", "tests", "deps"))
+    total, expected_total = sum(ours.values()), sum(theirs.values())
+    assert abs(total - expected_total) <= 0.15 * expected_total
+
+
+def test_squash_subjects_and_merges_are_found_as_prs(pyrepo: Built) -> None:
+    report = assess(iter(walked(pyrepo)), PRICED, repo=pyrepo.path)
+    assert report["prs_found"] == {"merge": 1, "squash": 3}
+    rows = {row["commit"]: row for row in report["per_change"]}
+    assert rows[pyrepo.shas["discounts"][:12]]["pr"] == 12
+    assert rows[pyrepo.shas["discounts"][:12]]["title"] == "Add discounts and a receipt"
+    assert rows[pyrepo.shas["merge"][:12]]["pr_from"] == "merge"
+    assert rows[pyrepo.shas["merge"][:12]]["title"] == "Sign session cookies with HMAC"
+    assert rows[pyrepo.shas["start"][:12]]["pr"] is None
+    assert _header_of(report).startswith(
+        "cibot assess: 5 changes (1 merges and 3 squash-merge subjects (#N) counted as PRs)"
+    )
+    only = assess(iter(walked(pyrepo)), PRICED, repo=pyrepo.path, knobs=_knobs(prs_only=True))
+    assert only["changes"] == 4
+
+
+def _header_of(report: dict[str, Any]) -> str:
+    """Return the report's first line."""
+    return render(report).splitlines()[0]
+
+
+def _knobs(**values: Any) -> Any:
+    """Return assess knobs with a few changed."""
+    from bot.assess import Knobs
+
+    return Knobs(**values)
+
+
+def test_change_messages_become_titles_and_bodies() -> None:
+    merge = history.Change(
+        "a" * 40, 0, True, b"", "Merge pull request #9 from x/y\n\nFix it\n\nWhy."
+    )
+    assert (merge.pr, merge.title, merge.body) == ((9, "merge"), "Fix it", "Why.")
+    bare = history.Change("a" * 40, 0, True, b"", "Merge pull request #9 from x/y")
+    assert bare.title == "Merge pull request #9 from x/y" and bare.body == ""
+    squash = history.Change("a" * 40, 0, False, b"", "Speed up (#123)\n\n* one\n* two")
+    assert (squash.pr, squash.title, squash.body) == ((123, "squash"), "Speed up", "* one\n* two")
+    plain = history.Change("a" * 40, 0, False, b"", "Tidy (#12) things")
+    assert plain.pr is None and plain.title == "Tidy (#12) things"
+
+
+def test_walk_reads_each_message_apart_from_its_diff(pyrepo: Built) -> None:
+    changes = {c.sha: c for c in walked(pyrepo)}
+    discounts = changes[pyrepo.shas["discounts"]]
+    assert discounts.message.startswith("Add discounts and a receipt (#12)\n\nCustomers")
+    assert discounts.diff.startswith(b"diff --git a/docs/orders.md")
+    assert b"cibot-end" not in b"".join(c.diff for c in changes.values())
+
+
+@pytest.mark.parametrize(
+    ("days", "changes", "words"),
+    [
+        (13.0, 100, "only 13.0 days of history"),
+        (20.0, 29, "only 29 changes of history"),
+        (3.0, 5, "only 3.0 days and 5 changes of history"),
+        (14.0, 30, ""),
+    ],
+)
+def test_short_history_is_warned_about(days: float, changes: int, words: str) -> None:
+    tally = history.Tally(changes=changes, first_ts=START, last_ts=START + int(days * DAY))
+    warning = history.history_warning(tally)
+    assert warning.startswith(words) if words else warning == ""
+
+
+def test_fixture_history_is_too_short_and_says_so(built: Built) -> None:
+    text = render(assess(iter(walked(built)), PRICED))
+    assert text.splitlines()[1].startswith("Warning: only 7 changes of history: a month")
+
+
+def workload(prs: float, local: float, mid: float, frontier: float) -> Any:
+    """Return a month of summary work: per-PR API-first dollars and private tokens by tier."""
+    from bot.assess_econ import Workload
+
+    cells = {
+        ("summary", "local"): history.Cell(
+            tasks=prs, prompt_tokens=int(prs * 5000), api_first_usd=prs * local
+        ),
+        ("review", "mid"): history.Cell(
+            tasks=prs, prompt_tokens=int(prs * 8000), api_usd=prs * mid, api_first_usd=prs * mid
+        ),
+        ("review", "frontier"): history.Cell(
+            tasks=prs / 10, api_usd=prs * frontier, api_first_usd=prs * frontier
+        ),
+    }
+    return Workload(cells, prs, prs * 2.1)
+
+
+def test_each_rung_pays_off_where_its_saving_equals_its_cost() -> None:
+    from bot import assess_econ as econ
+
+    work = workload(1000, local=0.02, mid=0.03, frontier=0.09)
+    rungs = {o.rung: o for o in econ.options(work, PRICED, "bought")}
+    one = rungs["1xH200"]
+    assert one.private == {"local"}
+    assert one.monthly_cost == (938 + 1354) / 2
+    assert one.saving_per_pr == pytest.approx(0.02)
+    assert one.payoff_prs == pytest.approx(1146 / 0.02)
+    api_first = 1000 * (0.02 + 0.03 + 0.09)
+    at = econ.at_volume(work, one.payoff_prs)
+    assert one.spend(one.payoff_prs) == pytest.approx(api_first / 1000 * one.payoff_prs)
+    assert at.prs == pytest.approx(one.payoff_prs)
+    two = rungs["2xH200"]
+    assert two.private == {"local", "mid"} and two.saving_per_pr == pytest.approx(0.05)
+    assert two.full_prs == pytest.approx(6000 * SECONDS_PER_MONTH / 13000)
+    rented = {o.rung: o for o in econ.options(work, PRICED, "rented")}
+    assert rented["1xH200"].monthly_cost == 3632
+
+
+@pytest.mark.parametrize(
+    ("prs", "word"),
+    [(1000, "API-first"), (60_000, "hybrid"), (2_000_000, "self-host-first")],
+)
+def test_verdict_names_the_cheapest_option(prs: float, word: str) -> None:
+    from bot import assess_econ as econ
+
+    work = econ.at_volume(workload(1000, local=0.02, mid=0.003, frontier=0.09), prs)
+    rungs = econ.options(work, PRICED, "bought")
+    said, line = econ.verdict(work, rungs, "mid")
+    assert said == word
+    assert line.startswith(f"Verdict: {word}.")
+    assert "1xH200 pays off at 57,300 PRs/month" in line
+    spend = econ.spend(work, rungs)
+    best = min(spend, key=lambda k: spend[k] if k != "frontier-only API" else float("inf"))
+    assert (best == "API-first") == (word == "API-first")
+
+
+def test_a_rung_that_fills_before_it_pays_off_never_does() -> None:
+    from bot import assess_econ as econ
+
+    data = priced_data()
+    data["rungs"]["1xH200"]["throughput_tokens_per_s"] = 0.01  # full at a handful of PRs
+    policy = build_policy(data, source="slow")
+    work = workload(1000, local=0.02, mid=0.03, frontier=0.09)
+    rungs = econ.options(work, policy, "bought")
+    assert not rungs[0].pays_off
+    assert "1xH200 never on one rung (it is full at" in econ.verdict(work, rungs, "mid")[1]
+
+
+def test_report_carries_verdict_table_assumptions_and_rows(pyrepo: Built) -> None:
+    report = assess(iter(walked(pyrepo)), PRICED, repo=pyrepo.path)
+    assert report["verdict"] in ("API-first", "hybrid", "self-host-first")
+    assert report["verdict_line"].startswith(f"Verdict: {report['verdict']}.")
+    assert len(report["per_change"]) == report["changes"] == 5
+    assert sum(len(r["tasks"]) for r in report["per_change"]) == report["tasks"]
+    per_task = {(r["task"], r["tier"]): r for r in report["per_task"]}
+    assert sum(r["tasks_per_month"] for r in per_task.values()) == pytest.approx(
+        report["volume_tasks_per_month"],
+        abs=0.05 * len(per_task),  # each row is rounded
+    )
+    review_mid = per_task.get(("review", "mid")) or per_task[("review", "frontier")]
+    assert review_mid["usd_per_task"] > 0 and review_mid["calls_per_task"] == 1
+    what = {a["what"]: a for a in report["assumptions"]}
+    assert what["mid API price"]["value"] == "$3.00 in / $15.00 out per Mtok"
+    assert what["1xH200 throughput"]["flag"] == "--throughput 1xH200=TOKENS_PER_S"
+    assert what["tokens per task"]["source"].startswith("measured: the jobs' own packer")
+    assert what["volume"]["source"].startswith("observed: 5 changes over 13.0 days")
+    text = render(report)
+    for heading in [
+        "Per task and tier, a month at",
+        "Where each rung pays off against API-first",
+        "Assumptions (what / value / from / flag)",
+    ]:
+        assert heading in text
+    assert text.splitlines()[2] == report["verdict_line"]
+
+
+def test_cli_csv_json_rollup_and_plot(
+    built: Built, pyrepo: Built, priced_file: Path, tmp_path: Path
+) -> None:
+    import csv as csvlib
+
+    common = ["--policy", str(priced_file), "--repo", str(built.path), "--repo", str(pyrepo.path)]
+    done = cli(*common, "--json", "--plot", "spend.svg", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [r["changes"] for r in report["repos"]] == [7, 5]
+    assert report["changes"] == 12
+    volumes = [r["volume_prs_per_month"] for r in report["repos"]]
+    assert report["volume_prs_per_month"] == pytest.approx(sum(volumes), rel=1e-3)
+    assert report["verdict_line"].startswith("Verdict: ")
+    svg = (tmp_path / "spend.svg").read_text(encoding="utf-8")
+    assert svg.startswith("<svg") and "API-first" in svg and "hybrid on 1xH200" in svg
+    done = cli(*common, "--csv", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = list(csvlib.DictReader(done.stdout.splitlines()))
+    assert {r["repo"] for r in rows} == {str(built.path), str(pyrepo.path), "all repositories"}
+    total = [r for r in rows if r["repo"] == "all repositories"]
+    assert {(r["task"], r["tier"]) for r in total} == {
+        (t["task"], t["tier"]) for t in report["per_task"]
+    }
+    done = cli(*common, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("cibot assess: 2 repositories, 12 changes")
+    assert "Total: Verdict: " in done.stdout
+
+
+def test_cli_flags_change_the_assumptions(pyrepo: Built, priced_file: Path, tmp_path: Path) -> None:
+    done = cli(
+        "--repo", str(pyrepo.path), "--policy", str(priced_file), "--json", "--quick",
+        "--price", "mid=1,2", "--throughput", "1xH200=3000", "--volume", "5000",
+        "--gpu-cost", "rented", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    what = {a["what"]: a for a in report["assumptions"]}
+    assert what["mid API price"]["value"] == "$1.00 in / $2.00 out per Mtok"
+    assert what["mid API price"]["source"] == "--price"
+    assert what["1xH200 throughput"]["value"].startswith("3,000 tokens/s")
+    assert what["volume"]["source"] == "--volume"
+    assert report["volume_prs_per_month"] == 5000
+    assert report["prompt_tokens_from"] == "added-lines"
+    assert report["rungs"][0]["monthly_cost_usd"] == 3632
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--plot", "spend.png"], "--plot spend.png: only .svg is supported"),
+        (["--price", "mid=3"], "--price 'mid=3': write it as TIER=IN,OUT"),
+        (["--price", "local=1,2"], "--price local: name an API tier"),
+        (["--throughput", "9xH200=5"], "--throughput 9xH200: name a rung of the policy"),
+        (["--volume", "0"], "--volume must be a positive number"),
+        (["--json", "--csv"], "not allowed with argument"),
+    ],
+)
+def test_cli_bad_decision_flags_exit_2(
+    pyrepo: Built, tmp_path: Path, args: list[str], words: str
+) -> None:
+    done = cli("--repo", str(pyrepo.path), *args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout == "" and "Traceback" not in done.stderr
+    assert words in done.stderr
+    assert not (tmp_path / "spend.png").exists()

@@ -21,22 +21,94 @@ from policies.routing import Decision, route_many
 HEADER = re.compile(
     rb"^\x00cibot-commit (?P<sha>[0-9a-f]{40}) (?P<parents>[0-9a-f ]*)\x01(?P<ts>\d+)$"
 )
-LOG_FORMAT = "%x00cibot-commit %H %P%x01%ct"
+MESSAGE_END = b"\x00cibot-end"
+# The header, then the raw message up to an end marker, then git's diff.
+LOG_FORMAT = "%x00cibot-commit %H %P%x01%ct%n%B%x00cibot-end"
+# GitHub's merge-commit subject, and the "(#N)" a squash or rebase merge appends to the title.
+MERGE_SUBJECT = re.compile(r"^Merge pull request #(\d+) from \S+")
+SQUASH_SUBJECT = re.compile(r"\s*\(#(\d+)\)$")
 PROMPT_OVERHEAD_TOKENS = 700  # system prompt, instructions and delimiters around the diff
 MAX_DIFF_BYTES = 8 * 1024 * 1024  # a single change larger than this is counted by its first 8 MiB
 TEST_PATH = re.compile(r"(^|/)(tests?/|test_[^/]*\.py$|[^/]*_test\.py$|conftest\.py$)")
+
+# A month extrapolated from less than two weeks misses the weekly cycle (releases, quiet
+# weeks); fewer than 30 changes leave the mean tokens per change, a heavy-tailed figure,
+# with a standard error above a fifth of its spread.
+MIN_DAYS = 14
+MIN_CHANGES = 30
+SHORT_HISTORY = (
+    "only {what} of history: a month extrapolated from under {days} days or under "
+    "{changes} changes is a guess (pass a larger --last, or a longer-lived --repo)"
+)
 
 Prices = dict[str, tuple[float, float]]  # tier -> (input, output) USD per token, for API tiers
 
 
 @dataclass(frozen=True)
 class Change:
-    """Hold one change from history: a merge (a PR) or a plain commit."""
+    """Hold one change from history: a merge (a PR) or a plain commit, with its message."""
 
     sha: str
     timestamp: int
     is_merge: bool
     diff: bytes
+    message: str = ""
+
+    @property
+    def subject(self) -> str:
+        """Return the message's first line."""
+        return self.message.split("\n", 1)[0].strip()
+
+    @property
+    def pr(self) -> tuple[int, str] | None:
+        """Return the PR number and how it was found ("merge" or "squash"), or None."""
+        merge = MERGE_SUBJECT.match(self.subject)
+        if merge:
+            return int(merge.group(1)), "merge"
+        squash = SQUASH_SUBJECT.search(self.subject)
+        return (int(squash.group(1)), "squash") if squash else None
+
+    @property
+    def title(self) -> str:
+        """Return the PR title GitHub would show: a merge's body line, else the subject."""
+        if MERGE_SUBJECT.match(self.subject):
+            body = self.description.split("\n", 1)[0].strip()
+            return body or self.subject
+        return SQUASH_SUBJECT.sub("", self.subject) or self.subject
+
+    @property
+    def description(self) -> str:
+        """Return the message after its subject, as the PR description."""
+        return self.message.partition("\n")[2].strip()
+
+    @property
+    def body(self) -> str:
+        """Return the PR description: a merge's body less the title it starts with."""
+        text = self.description
+        return text.partition("\n")[2].strip() if MERGE_SUBJECT.match(self.subject) else text
+
+
+Sent = tuple[int, int, int]  # one task's (prompt tokens, output tokens, model calls)
+# Given a change, its evidence and the decision for each task, say what each task sends.
+Measure = Callable[[Change, Evidence, list[Decision]], list[Sent]]
+
+
+@dataclass
+class Cell:
+    """Add up one task on one tier: how many ran, what they sent, what the API would charge."""
+
+    tasks: int = 0
+    calls: int = 0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    api_usd: float = 0.0  # on this tier's API price; 0 on a private tier
+    api_first_usd: float = 0.0  # on the cheapest API tier when this tier is private
+    frontier_usd: float = 0.0  # everything on the frontier tier's API price
+
+    def add(self, other: Cell) -> None:
+        """Add another cell's figures to this one (a roll-up across repositories)."""
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 @dataclass
@@ -55,6 +127,9 @@ class Tally:
     api_cost_by_tier: dict[str, float] = field(default_factory=dict)
     frontier_only_cost: float = 0.0
     frontier_only_tokens: int = 0
+    prs: Counter[str] = field(default_factory=Counter)  # PRs found, by how: merge or squash
+    cells: dict[tuple[str, str], Cell] = field(default_factory=dict)  # by (task, tier)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # one per change, for --json
 
 
 def open_repo(path: Path) -> Any:
@@ -89,7 +164,7 @@ def _stream(repo: Any, last: int) -> Iterator[Change]:
         "-p",
         "--no-color",
         "--no-ext-diff",
-        "--no-renames",
+        "--find-renames",  # GitHub's pull request diff shows renames too
         f"--format={LOG_FORMAT}",
         as_process=True,
     )
@@ -100,33 +175,52 @@ def _stream(repo: Any, last: int) -> Iterator[Change]:
         proc.proc.wait()
 
 
+@dataclass
+class _Reading:
+    """Hold the change being read: its header, its message lines, then its diff lines."""
+
+    header: re.Match[bytes]
+    message: list[bytes] = field(default_factory=list)
+    diff: list[bytes] = field(default_factory=list)
+    in_message: bool = True
+    size: int = 0
+
+    def add(self, line: bytes) -> None:
+        """Take one line: message lines until the end marker, then diff lines up to the cap."""
+        if self.in_message:
+            text, end, _ = line.partition(MESSAGE_END)
+            self.message.append(text)
+            self.in_message = not end
+        elif self.size < MAX_DIFF_BYTES:
+            self.diff.append(line)
+            self.size += len(line)
+
+
 def _split(stream: IO[bytes]) -> Iterator[Change]:
-    """Split `git log -p` output into Changes."""
-    header: re.Match[bytes] | None = None
-    body: list[bytes] = []
-    size = 0
+    """Split `git log -p` output into Changes: a header, the message to its end marker, a diff."""
+    reading: _Reading | None = None
     for line in stream:
-        found = HEADER.match(line.rstrip(b"\n")) if line.startswith(b"\x00") else None
-        if found is None:
-            if header is not None and size < MAX_DIFF_BYTES:
-                body.append(line)
-                size += len(line)
-            continue
-        if header is not None:
-            yield _change(header, body)
-        header, body, size = found, [], 0
-    if header is not None:
-        yield _change(header, body)
+        found = HEADER.match(line.rstrip(b"\n")) if line.startswith(b"\x00cibot-c") else None
+        if found is not None:
+            if reading is not None:
+                yield _change(reading)
+            reading = _Reading(found)
+        elif reading is not None:
+            reading.add(line)
+    if reading is not None:
+        yield _change(reading)
 
 
-def _change(header: re.Match[bytes], body: list[bytes]) -> Change:
-    """Build a Change from its header match and diff lines."""
+def _change(reading: _Reading) -> Change:
+    """Build a Change from what was read of it."""
+    header = reading.header
     parents = header.group("parents").split()
     return Change(
         sha=header.group("sha").decode(),
         timestamp=int(header.group("ts")),
         is_merge=len(parents) > 1,
-        diff=b"".join(body),
+        diff=b"".join(reading.diff).lstrip(b"\n"),
+        message=b"".join(reading.message).decode("utf-8", "replace").strip(),
     )
 
 
@@ -140,11 +234,29 @@ def tasks_for(files: tuple[FileChange, ...]) -> tuple[str, ...]:
     return tuple(tasks)
 
 
+def added_lines(policy: Policy) -> Measure:
+    """Return the first estimate: the added lines' tokens plus a fixed prompt overhead."""
+
+    def measure(change: Change, evidence: Evidence, decisions: list[Decision]) -> list[Sent]:
+        prompt = evidence.packed_tokens + PROMPT_OVERHEAD_TOKENS
+        return [(prompt, policy.tasks[d.task].expected_output_tokens, 1) for d in decisions]  # type: ignore[index]
+
+    return measure
+
+
 def replay(
-    changes: Iterator[Change], policy: Policy, prices: Prices, count: Callable[[str], int]
+    changes: Iterator[Change],
+    policy: Policy,
+    prices: Prices,
+    count: Callable[[str], int],
+    measure: Measure | None = None,
 ) -> Tally:
-    """Route every applicable task of every change and add up tokens and costs."""
+    """Route every applicable task of every change and add up tokens and costs.
+
+    ``measure`` says what each task sends; by default, the added-lines estimate.
+    """
     tally = Tally()
+    sent_by = measure or added_lines(policy)
     for change in changes:
         try:
             evidence = evidence_from_diff(change.diff, count=count, require_text=False)
@@ -153,38 +265,81 @@ def replay(
             continue
         _observe(tally, change)
         decisions = route_many(tasks_for(evidence.files), evidence, policy)
-        for decision in decisions:
-            _price(tally, decision, evidence, policy, prices)
+        sent = sent_by(change, evidence, decisions)
+        row = _row(change)
+        for decision, tokens in zip(decisions, sent, strict=True):
+            row["tasks"].append(_price(tally, decision, tokens, policy, prices))
+        tally.rows.append(row)
         _note_sensitive(tally, change, decisions)
     return tally
 
 
 def _observe(tally: Tally, change: Change) -> None:
-    """Count a change and widen the observed time span."""
+    """Count a change, a PR when its subject names one, and widen the observed time span."""
     tally.changes += 1
     tally.merges += change.is_merge
+    found = change.pr
+    if found is not None:
+        tally.prs[found[1]] += 1
     tally.first_ts = min(tally.first_ts or change.timestamp, change.timestamp)
     tally.last_ts = max(tally.last_ts or change.timestamp, change.timestamp)
 
 
+def _row(change: Change) -> dict[str, Any]:
+    """Start one change's row for the per-change report."""
+    found = change.pr
+    return {
+        "commit": change.sha[:12],
+        "timestamp": change.timestamp,
+        "pr": found[0] if found else None,
+        "pr_from": found[1] if found else None,
+        "title": change.title[:200],
+        "tasks": [],
+    }
+
+
+def api_first_tier(tier: str, policy: Policy, prices: Prices) -> str | None:
+    """Return the tier a task runs on without private hardware: its own, or the cheapest API tier."""
+    if tier in prices and not policy.tiers[tier].private:
+        return tier
+    public = [t for t in prices if t in policy.tiers and not policy.tiers[t].private]
+    return min(public, key=lambda t: prices[t][1], default=None)
+
+
 def _price(
-    tally: Tally, decision: Decision, evidence: Evidence, policy: Policy, prices: Prices
-) -> None:
-    """Add one task's tokens and cost under hybrid routing and under frontier-only."""
-    spec = policy.tasks[decision.task]  # type: ignore[index]
-    prompt, output = evidence.packed_tokens + PROMPT_OVERHEAD_TOKENS, spec.expected_output_tokens
-    tally.tiers[decision.tier] += 1
+    tally: Tally, decision: Decision, sent: Sent, policy: Policy, prices: Prices
+) -> dict[str, Any]:
+    """Add one task's tokens and cost under hybrid, API-first and frontier-only routing."""
+    prompt, output, calls = sent
+    tier = decision.tier
+    tally.tiers[tier] += 1
     for reason in decision.reasons:
         tally.reasons[reason.trigger] += 1
-    tally.tokens_by_tier[decision.tier] += prompt + output
-    if decision.tier in prices and not policy.tiers[decision.tier].private:
-        cost = api_call_cost(*prices[decision.tier], prompt, output)
-        tally.api_cost_by_tier[decision.tier] = (
-            tally.api_cost_by_tier.get(decision.tier, 0.0) + cost
-        )
+    tally.tokens_by_tier[tier] += prompt + output
+    cell = tally.cells.setdefault((decision.task, tier), Cell())
+    cell.tasks += 1
+    cell.calls += calls
+    cell.prompt_tokens += prompt
+    cell.output_tokens += output
+    if tier in prices and not policy.tiers[tier].private:
+        cost = api_call_cost(*prices[tier], prompt, output)
+        tally.api_cost_by_tier[tier] = tally.api_cost_by_tier.get(tier, 0.0) + cost
+        cell.api_usd += cost
+    fallback = api_first_tier(tier, policy, prices)
+    if fallback is not None:
+        cell.api_first_usd += api_call_cost(*prices[fallback], prompt, output)
     if "frontier" in prices:  # a private frontier tier has no API price to compare against
-        tally.frontier_only_cost += api_call_cost(*prices["frontier"], prompt, output)
+        cost = api_call_cost(*prices["frontier"], prompt, output)
+        tally.frontier_only_cost += cost
+        cell.frontier_usd += cost
     tally.frontier_only_tokens += prompt + output
+    return {
+        "task": decision.task,
+        "tier": tier,
+        "prompt_tokens": prompt,
+        "output_tokens": output,
+        "calls": calls,
+    }
 
 
 def _note_sensitive(tally: Tally, change: Change, decisions: list[Decision]) -> None:
@@ -198,6 +353,23 @@ def _note_sensitive(tally: Tally, change: Change, decisions: list[Decision]) -> 
     tally.sensitive.append(
         {"commit": change.sha[:12], "categories": list(decision.categories), "evidence": evidence}
     )
+
+
+def _span_s(tally: Tally) -> int:
+    """Return the seconds between the first and the last change seen (0 for one change)."""
+    if tally.first_ts is None or tally.last_ts is None:
+        return 0
+    return tally.last_ts - tally.first_ts
+
+
+def history_warning(tally: Tally) -> str:
+    """Say why a month extrapolated from this history is unreliable, or return ""."""
+    days = _span_s(tally) / 86_400
+    short = [f"{days:.1f} days" if days < MIN_DAYS else "", f"{tally.changes} changes"]
+    if days >= MIN_DAYS and tally.changes >= MIN_CHANGES:
+        return ""
+    what = " and ".join(x for x in (short[0], short[1] if tally.changes < MIN_CHANGES else "") if x)
+    return SHORT_HISTORY.format(what=what, days=MIN_DAYS, changes=MIN_CHANGES)
 
 
 def months_observed(tally: Tally) -> float:
@@ -218,6 +390,9 @@ def summarize(tally: Tally, policy: Policy) -> dict[str, Any]:
     return {
         "changes": tally.changes,
         "merges_as_prs": tally.merges,
+        "prs_found": {"merge": tally.prs["merge"], "squash": tally.prs["squash"]},
+        "days_observed": round(_span_s(tally) / 86_400, 1),
+        "history_warning": history_warning(tally),
         "skipped": tally.skipped,
         "months_observed": round(months, 3),
         "changes_per_month": round(tally.changes / months, 1),
