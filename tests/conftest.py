@@ -14,6 +14,16 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 POSTGRES_URL = os.environ.get(
     "CIBOT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+# CI sets this: there the integration and fault tests must run, so a missing Redis or
+# PostgreSQL fails the run instead of skipping its tests.
+REQUIRE_SERVICES = os.environ.get("CIBOT_TEST_REQUIRE_SERVICES", "") not in ("", "0")
+
+
+def unavailable(reason: str) -> None:
+    """Skip a test whose service is missing, saying why; fail instead where CI requires it."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (CIBOT_TEST_REQUIRE_SERVICES is set: CI needs this service)")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +31,7 @@ def redis_server() -> Iterator[RedisServer]:
     """Run one private redis-server for the session; tests may stop and restart it."""
     binary = redis_binary()
     if binary is None:
-        pytest.skip("redis-server is not installed: apt-get install redis-server to run this test")
+        unavailable("redis-server is not installed: apt-get install redis-server to run this test")
     server = RedisServer(binary=binary)
     server.start()
     yield server
@@ -51,8 +61,10 @@ def postgres_url() -> str:
         with engine.connect():
             pass
     except Exception as exc:
-        pytest.skip(f"PostgreSQL at {POSTGRES_URL} is not reachable ({type(exc).__name__}); "
-                    "set CIBOT_TEST_POSTGRES_URL to run the PostgreSQL tests")
+        unavailable(
+            f"PostgreSQL at {POSTGRES_URL} is not reachable ({type(exc).__name__}); "
+            "set CIBOT_TEST_POSTGRES_URL to run the PostgreSQL tests"
+        )
     finally:
         engine.dispose()
     return POSTGRES_URL
