@@ -709,25 +709,33 @@ def rung_use(
     return tuple(out)
 
 
-def displaced_price(policy: Policy, calls: Sequence[CallRow]) -> float | None:
-    """Return USD per token that the private work would cost on the first API tier.
+def displaced_price(policy: Policy, calls: Sequence[CallRow]) -> tuple[float | None, str]:
+    """Return USD per token that the private work would cost on the first API tier, and how.
 
-    The tier's prompt and completion prices (the policy's, else litellm's price map) are
-    blended at the private calls' own prompt share; None when no API tier has a price.
+    The tier's policy prices, blended at the private calls' own prompt share; else what the
+    window's calls on that tier cost per token; else litellm's price map (a slow import,
+    so last). None, with the reason, when no API tier has a price.
     """
-    from workers.llm import price_per_token
-
-    api = next((t for t in policy.tiers.values() if not t.private), None)
+    name, api = next(((n, t) for n, t in policy.tiers.items() if not t.private), ("", None))
     if api is None:
-        return None
-    try:
-        prompt_price, completion_price = price_per_token(api.models[0], api.price)
-    except ConfigError:
-        return None
+        return None, "no API tier in the policy to compare with"
     private = [c for c in calls if c.private]
     total = sum(c.tokens for c in private)
     share = sum(c.prompt_tokens for c in private) / total if total else DEFAULT_PROMPT_SHARE
-    return share * prompt_price + (1 - share) * completion_price
+    if api.price.input_per_mtok is not None and api.price.output_per_mtok is not None:
+        blended = share * api.price.input_per_mtok + (1 - share) * api.price.output_per_mtok
+        return blended / 1e6, f"{name}'s policy price"
+    seen = [c for c in calls if c.tier == name and c.tokens]
+    if seen:
+        observed = sum(c.cost_usd for c in seen) / sum(c.tokens for c in seen)
+        return observed, f"what {name} calls cost per token in the window"
+    from workers.llm import price_per_token
+
+    try:
+        prompt_price, completion_price = price_per_token(api.models[0], api.price)
+    except ConfigError as exc:
+        return None, str(exc)
+    return share * prompt_price + (1 - share) * completion_price, f"{name}'s list price"
 
 
 @dataclass(frozen=True)
@@ -822,18 +830,18 @@ def render_text(report: Report) -> str:
         since=report.since.date().isoformat(),
         until=report.until.date().isoformat(),
         repo=_scope_text(report),
-        cpa_full=_money(report.cost_per_accepted_pr_fully_loaded),
-        cpa_low=_money(report.cost_per_accepted_pr_marginal),
+        cpa_full=money(report.cost_per_accepted_pr_fully_loaded),
+        cpa_low=money(report.cost_per_accepted_pr_marginal),
         worked=report.prs_worked,
         merged=report.prs_merged,
         pr_spend=_pr_spend(report),
         spend="\n".join(lines),
         total=_total(report),
         split=", ".join(f"{t} {v:.0%}" for t, v in report.tier_split.items()) or "n/a",
-        fallback=_pct(report.fallback_rate),
+        fallback=pct(report.fallback_rate),
         jobs=report.jobs_finished,
         reasons=", ".join(f"{r} {n}" for r, n in report.fallback_reasons.items()) or "none",
-        success=_pct(report.success_rate),
+        success=pct(report.success_rate),
         by_task=", ".join(f"{t} {v:.0%}" for t, v in report.success_by_task.items()),
         accepted=_accepted(report),
         signals=_signals(report.acceptance_by_signal),
@@ -853,7 +861,7 @@ def _pr_spend(report: Report) -> str:
     """Say what the PRs cost, or that there were none (not a misleading $0.00)."""
     if not report.prs_worked:
         return NO_PRS
-    full, low = _money(report.pr_spend_fully_loaded_usd), _money(report.pr_spend_marginal_usd)
+    full, low = money(report.pr_spend_fully_loaded_usd), money(report.pr_spend_marginal_usd)
     return f"{full} fully loaded   ({low} marginal)"
 
 
@@ -861,11 +869,11 @@ def _total(report: Report) -> str:
     """Say the window's whole bill and how much of it was idle rung time and shadow work."""
     parts = []
     if report.idle_usd:
-        parts.append(f"{_money(report.idle_usd)} idle rung time")
+        parts.append(f"{money(report.idle_usd)} idle rung time")
     if report.shadow.fully_loaded_usd:
-        parts.append(f"{_money(report.shadow.fully_loaded_usd)} shadow jobs")
+        parts.append(f"{money(report.shadow.fully_loaded_usd)} shadow jobs")
     of_it = f"   (of it: {', '.join(parts)})" if parts else ""
-    return f"{_money(report.spend_fully_loaded_usd)} fully loaded{of_it}"
+    return f"{money(report.spend_fully_loaded_usd)} fully loaded{of_it}"
 
 
 def _accepted(report: Report) -> str:
@@ -874,7 +882,7 @@ def _accepted(report: Report) -> str:
         return "n/a: no results posted in the window"
     return (
         f"{report.results_accepted} of {report.results_posted} posted results "
-        f"({_pct(report.acceptance_rate)}); PRs with a positive signal {report.prs_signalled}"
+        f"({pct(report.acceptance_rate)}); PRs with a positive signal {report.prs_signalled}"
     )
 
 
@@ -905,19 +913,19 @@ def _shadow_text(shadow: ShadowSummary) -> str:
         return NO_SHADOW
     tiers = ", ".join(f"{t} {n}" for t, n in shadow.by_tier.items())
     return (
-        f"{shadow.jobs} ({tiers}), {_money(shadow.fully_loaded_usd)} fully loaded; "
+        f"{shadow.jobs} ({tiers}), {money(shadow.fully_loaded_usd)} fully loaded; "
         "in no figure above but the total"
     )
 
 
-def _money(value: float | None) -> str:
+def money(value: float | None) -> str:
     """Format dollars (cents, or four places under a dollar), or n/a."""
     if value is None:
         return "n/a"
     return f"${value:,.4f}" if 0 < abs(value) < 1 else f"${value:,.2f}"
 
 
-def _pct(value: float | None) -> str:
+def pct(value: float | None) -> str:
     """Format a rate, or n/a."""
     return "n/a" if value is None else f"{value:.1%}"
 
@@ -935,9 +943,9 @@ def render_lines(by: str, lines: Sequence[Line]) -> str:
         out.append(
             f"{row.key:<24} {row.jobs_finished:>5} {row.prs_worked:>5} {row.prs_merged:>6} "
             f"{row.spend_fully_loaded_usd:>10,.2f} {row.api_usd:>9,.2f} "
-            f"{_money(row.cost_per_accepted_pr_fully_loaded):>14} "
-            f"{_money(row.cost_per_accepted_pr_marginal):>10} {_pct(row.acceptance_rate):>9} "
-            f"{_pct(row.fallback_rate):>9} {row.shadow_jobs:>6}"
+            f"{money(row.cost_per_accepted_pr_fully_loaded):>14} "
+            f"{money(row.cost_per_accepted_pr_marginal):>10} {pct(row.acceptance_rate):>9} "
+            f"{pct(row.fallback_rate):>9} {row.shadow_jobs:>6}"
         )
     if not lines:
         out.append("(no jobs in the window)")
