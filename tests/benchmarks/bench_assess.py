@@ -1,25 +1,34 @@
-"""Benchmark `cibot assess` over 1,000 commits of a generated repo; print commits per second.
+"""Benchmark `cibot assess`: commits per second, and the jobs' prompt tokens against the old estimate.
 
-Run: python tests/benchmarks/bench_assess.py [--commits N] [--runs N]
-The repo is built in a temporary directory with `git fast-import`: ordinary commits, some
-sensitive ones, manifest bumps, and a --no-ff style merge every tenth change.
-Goal: at least 50 commits/s.
+Run: python tests/benchmarks/bench_assess.py [--commits N] [--runs N] [--repo PATH] [--last N]
+
+The timing part builds a repo in a temporary directory with `git fast-import`: ordinary
+commits, some sensitive ones, manifest bumps, and a --no-ff style merge every tenth change.
+Goal: at least 50 commits/s for the replay with the added-lines estimate (``--quick``).
+
+The token part replays the last ``--last`` changes (default 200) of ``--repo`` (default: the
+generated repo) twice: with the added-lines estimate (added lines plus a fixed 700-token
+overhead) and with the jobs' own prompts, and prints, per task, the total and median prompt
+tokens of each and their ratio, and the measured replay's commits per second.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 from timing import median_s  # tests/benchmarks/timing.py
 
 from bot.assess import tier_prices
+from bot.assess_prompts import prompts_for
 from policies.loading import build_policy, default_policy_text, parse_yaml
 from policies.model import Policy
 from workers import history, tokens
@@ -131,13 +140,62 @@ def priced_policy() -> tuple[Policy, dict[str, object]]:
     return build_policy(data, source="priced"), data
 
 
+def per_task(tally: history.Tally) -> dict[str, list[int]]:
+    """Return each task's prompt tokens, one entry per task run, from a replay's rows."""
+    out: dict[str, list[int]] = {}
+    for row in tally.rows:
+        for task in row["tasks"]:
+            out.setdefault(task["task"], []).append(task["prompt_tokens"])
+    return out
+
+
+def compare(repo: Path, last: int, policy: Policy) -> dict[str, Any]:
+    """Replay ``repo`` with the added-lines estimate and with the jobs' prompts; time the second."""
+    prices = tier_prices(policy)
+    old = history.replay(history.walk(repo, last), policy, prices, tokens.count)
+    started = time.perf_counter()
+    new = history.replay(
+        history.walk(repo, last), policy, prices, tokens.count, prompts_for(repo, policy)
+    )
+    return {"old": per_task(old), "new": per_task(new), "changes": new.changes,
+            "seconds": time.perf_counter() - started}  # fmt: skip
+
+
+def print_comparison(where: str, found: dict[str, Any]) -> None:
+    """Print the per-task token table of ``compare``."""
+    print(f"\nprompt tokens on {where}: {found['changes']} changes, jobs' prompts replayed in "
+          f"{found['seconds']:.1f} s ({found['changes'] / found['seconds']:.1f} commits/s)")  # fmt: skip
+    print(f"{'task':<8} {'runs':>5} {'old total':>11} {'jobs total':>11} {'ratio':>6} "
+          f"{'old median':>11} {'jobs median':>12} {'ratio':>6}")  # fmt: skip
+    old_all = new_all = 0
+    for task, new in sorted(found["new"].items()):
+        old = found["old"][task]
+        old_all, new_all = old_all + sum(old), new_all + sum(new)
+        mo, mn = statistics.median(old), statistics.median(new)
+        print(f"{task:<8} {len(new):>5} {sum(old):>11,} {sum(new):>11,} "
+              f"{sum(new) / max(sum(old), 1):>6.2f} {mo:>11,.0f} {mn:>12,.0f} "
+              f"{mn / max(mo, 1):>6.2f}")  # fmt: skip
+    print(f"{'all':<8} {'':>5} {old_all:>11,} {new_all:>11,} {new_all / max(old_all, 1):>6.2f}")
+
+
 def main() -> int:
-    """Build the repo, time the replay in-process and through the CLI, print the table."""
+    """Build the repo, time the replay in-process and through the CLI, print the tables."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--commits", type=int, default=1_000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--repo", type=Path, help="a real checkout for the token comparison")
+    parser.add_argument("--last", type=int, default=200, help="changes in the token comparison")
     args = parser.parse_args()
     policy, data = priced_policy()
+    if args.repo is not None:
+        print_comparison(str(args.repo), compare(args.repo, args.last, policy))
+        return 0
+    timing(args, policy, data)
+    return 0
+
+
+def timing(args: argparse.Namespace, policy: Policy, data: dict[str, object]) -> None:
+    """Time the added-lines replay and the CLI on a generated repo, then compare the tokens."""
     prices = tier_prices(policy)
     with tempfile.TemporaryDirectory(prefix="cibot-bench-") as tmp:
         started = time.perf_counter()
@@ -152,13 +210,14 @@ def main() -> int:
             args.runs,
         )
         command = [
-            sys.executable, "-m", "bot.cli", "assess", "--repo", str(repo), "--json",
+            sys.executable, "-m", "bot.cli", "assess", "--repo", str(repo), "--json", "--quick",
             "--last", str(args.commits), "--policy", str(Path(tmp) / "priced.yml"),
         ]  # fmt: skip
         cli = median_s(
             lambda: subprocess.run(command, check=True, capture_output=True, timeout=600),
             args.runs,
         )
+        found = compare(repo, min(args.last, args.commits), policy)
     n = args.commits
     print(f"repo: {n} first-parent changes ({tally.merges} merges), built in {built:.2f} s")
     print(f"median of {args.runs} runs; tasks routed per replay: {sum(tally.tiers.values())}")
@@ -167,7 +226,7 @@ def main() -> int:
     for name, (wall, cpu) in [
         ("git log -p stream and split", walk_only),
         ("history.replay(history.walk(...))", replay),
-        ("cibot assess --json (subprocess)", cli),
+        ("cibot assess --json --quick", cli),
     ]:
         print(f"{name:<36} {wall:>7.3f} {cpu:>7.3f} {n / wall:>15.1f} {n / cpu:>14.1f}")
     rate = n / max(replay[0], cli[0])
@@ -175,7 +234,7 @@ def main() -> int:
         f"slowest {rate:.1f} commits/s (wall): {'meets' if rate >= GOAL else 'misses'} the "
         f"{GOAL:.0f}/s goal"
     )
-    return 0
+    print_comparison("the generated repo", found)
 
 
 if __name__ == "__main__":
