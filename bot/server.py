@@ -162,7 +162,10 @@ def _admin_app(edge: Edge, board: Dashboard, *, token: str) -> Starlette:
         params = request.query_params
         try:
             page = await run_in_threadpool(
-                board.page, days=params.get("days"), repo=params.get("repo")
+                board.page,
+                days=params.get("days"),
+                repo=params.get("repo"),
+                task=params.get("task"),
             )
         except InputError as exc:
             return PlainTextResponse(f"{exc}\n", status_code=400)

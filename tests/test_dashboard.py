@@ -338,6 +338,14 @@ def test_the_task_filter_narrows_the_page(seeded: Seed) -> None:
     assert value(found.find("dd", data_figure="cost_per_accepted_pr_fully_loaded")) == 2.5
 
 
+def test_the_task_filter_reaches_the_page_over_http(board: TestClient) -> None:
+    """The admin route passes ?task= on: one review PR, and a bad task is a 400."""
+    found = parse(board.get("/dashboard", params={"task": "review"}).text)
+    assert value(found.find("span", data_figure="prs_worked")) == 1
+    response = board.get("/dashboard", params={"task": "poetry"})
+    assert response.status_code == 400 and "task must be one of" in response.text
+
+
 def test_bad_filters_get_a_400_that_says_what_they_take(board: TestClient) -> None:
     """A malformed ?days= or ?repo= is a 400 with the rule, and the input is not echoed."""
     for days in ("0", "-3", "ten", "99999"):
