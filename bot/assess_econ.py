@@ -179,7 +179,7 @@ def _rungs(rungs: Iterable[Option], volume: float) -> str:
         elif not o.pays_off:
             parts.append(NEVER.format(rung=o.rung, full=_count(o.full_prs)))
         else:
-            times = f"{o.payoff_prs / volume:,.1f}×" if volume > 0 else "n/a"
+            times = f"{_count(o.payoff_prs / volume)}×" if volume > 0 else "n/a"
             parts.append(PAYS_OFF.format(rung=o.rung, volume=_count(o.payoff_prs), times=times))
     return "; ".join(parts)
 
