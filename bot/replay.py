@@ -856,12 +856,16 @@ def _verdict(task: str, rows: Sequence[Row], policy: Policy, bar: Bar) -> Verdic
             f"it (valid {_pct(best.valid)}, score {best.score:.2f})",
         )
     tier = _private_tier(policy)
+    against = (
+        "and ranks first"
+        if best is top
+        else f"against {top.score:.2f} for {top.endpoint} ({_usd(top.cost)} a task)"
+    )
     return Verdict(
         task,
         "move",
-        f"{task}: move from {current} to {tier}: {best.endpoint} is valid "
-        f"on {_pct(best.valid)} and scores {best.score:.2f} (best {top.endpoint} "
-        f"{top.score:.2f}) at {_usd(best.cost)} a task against {_usd(top.cost)}",
+        f"{task}: move from {current} to {tier}: {best.endpoint} is valid on "
+        f"{_pct(best.valid)}, scores {best.score:.2f} at {_usd(best.cost)} a task {against}",
         tier,
     )
 
@@ -989,8 +993,10 @@ def _pct(value: float | None) -> str:
 
 
 def _usd(value: float) -> str:
-    """Render dollars with enough digits for a per-task figure."""
-    return f"${value:.4f}" if value < 1 else f"${value:,.2f}"
+    """Render dollars with enough digits for a per-task figure (private calls cost little)."""
+    if value >= 1:
+        return f"${value:,.2f}"
+    return f"${value:.6f}" if value < 0.01 else f"${value:.4f}"
 
 
 def svg_chart(rows: Sequence[Row], title: str) -> str:
