@@ -19,13 +19,11 @@ the job when ``GET cibot:head:{repo}#{pr}`` holds a SHA other than its ``head_sh
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import json
 import logging
 import sqlite3
 import threading
-import uuid
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from typing import Any, Protocol
 
 from bot.events import SUPERSEDE
 from bot.spool import Spool, task_id
+from workers import outbox
 from workers.job import JobRef
 
 log = logging.getLogger(__name__)
@@ -45,19 +44,23 @@ DEDUPE_TTL_SECONDS = 4 * 24 * 3600
 HEAD_TTL_SECONDS = 7 * 24 * 3600
 DEFAULT_DEBOUNCE_SECONDS = 30.0
 
-# KEYS: delivery key, queue list, then one head key per message.
-# ARGV: dedupe TTL, head TTL, then (message, head SHA or "") per message.
-# A script runs atomically: the claim and the jobs land together or not at all.
+# KEYS: delivery key, queue list, the outbox hash and due set, then one head key per message.
+# ARGV: dedupe TTL, head TTL, outbox due time, then (message, head SHA or "", task id) per
+# message. A script runs atomically: the claim, the jobs and their outbox entries (which
+# let a worker send again a message Redis lost on its way to a worker, workers.outbox)
+# land together or not at all.
 ENQUEUE_SCRIPT = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
   return 0
 end
-for i = 1, #KEYS - 2 do
-  local sha = ARGV[2 + 2 * i]
+for i = 1, #KEYS - 4 do
+  local message, sha, id = ARGV[1 + 3 * i], ARGV[2 + 3 * i], ARGV[3 + 3 * i]
   if sha ~= '' then
-    redis.call('SET', KEYS[2 + i], sha, 'EX', ARGV[2])
+    redis.call('SET', KEYS[4 + i], sha, 'EX', ARGV[2])
   end
-  redis.call('LPUSH', KEYS[2], ARGV[1 + 2 * i])
+  redis.call('LPUSH', KEYS[2], message)
+  redis.call('HSET', KEYS[3], id, cjson.encode({queue = KEYS[2], message = message}))
+  redis.call('ZADD', KEYS[4], ARGV[3], id)
 end
 return 1
 """
@@ -301,43 +304,28 @@ class CeleryBroker:
 
     def enqueue(self, delivery_id: str, messages: Sequence[Message]) -> bool:
         """Claim the delivery and LPUSH its messages atomically; False for a duplicate."""
-        keys = [delivery_key(delivery_id), QUEUE]
-        args: list[str | int] = [DEDUPE_TTL_SECONDS, HEAD_TTL_SECONDS]
+        keys = [delivery_key(delivery_id), QUEUE, outbox.OUTBOX, outbox.DUE]
+        due = time.time() + outbox.GRACE_S + max((m.countdown for m in messages), default=0)
+        args: list[str | int | float] = [DEDUPE_TTL_SECONDS, HEAD_TTL_SECONDS, due]
         for message in messages:
             job = message.job
             keys.append(head_key(job.repo, job.pr_number))
-            args += [self.envelope(message), job.head_sha if message.supersede else ""]
+            sha = job.head_sha if message.supersede else ""
+            args += [self.envelope(message), sha, message.task_id]
         with _translated():
             return bool(self._script(keys=keys, args=args))
 
     def envelope(self, message: Message) -> str:
         """Return the kombu Redis envelope of the Celery message for one job."""
         job = message.job
-        built = self._celery.amqp.as_task_v2(
-            message.task_id,
+        return outbox.envelope(
+            self._celery,
             DISPATCH_TASK,
-            args=(),
-            kwargs=_kwargs(job),
+            QUEUE,
+            _kwargs(job),
+            task_id=message.task_id,
             countdown=message.countdown or None,
-            argsrepr="()",
             kwargsrepr=f"{job.task} {job.repo}#{job.pr_number} {job.delivery_id}",
-        )
-        body = json.dumps(built.body).encode("utf-8")
-        return json.dumps(
-            {
-                "body": base64.b64encode(body).decode("ascii"),
-                "content-encoding": "utf-8",
-                "content-type": "application/json",
-                "headers": built.headers,
-                "properties": {
-                    **built.properties,
-                    "delivery_mode": 2,
-                    "delivery_info": {"exchange": "", "routing_key": QUEUE},
-                    "priority": 0,
-                    "body_encoding": "base64",
-                    "delivery_tag": str(uuid.uuid4()),
-                },
-            }
         )
 
     def ping(self) -> None:

@@ -61,6 +61,9 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cibot-redis-")))
     process: subprocess.Popen[bytes] | None = None
+    # Keep data across a stop and start (an append-only file synced on every write), as a
+    # production Redis does, so a restart is an outage and not a wipe.
+    persistent: bool = False
 
     @property
     def url(self) -> str:
@@ -68,7 +71,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        """Start the server (again) on the same port, with nothing persisted."""
+        """Start the server (again) on the same port, persisting only when asked to."""
         args = [
             self.binary,
             "--port",
@@ -78,7 +81,9 @@ class RedisServer:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.persistent else "no",
+            "--appendfsync",
+            "always",
             "--dir",
             str(self.workdir),
         ]

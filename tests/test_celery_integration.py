@@ -519,3 +519,38 @@ def test_a_busy_job_is_retried_later(bare: Runtime, default_policy: Policy) -> N
         run_step(FakeTask(), lambda _r, _rt: Outcome.RECORDED, OUTCOME_REF, bare, timing)
         == "recorded"
     )
+
+
+def test_a_retry_that_cannot_reach_the_broker_waits_instead_of_dropping_the_job() -> None:
+    """Celery turns an unsendable retry into Reject(requeue=False), which drops the message;
+    retry_later waits for the broker and sends it once it is back."""
+    from celery.exceptions import Reject
+
+    from workers.tasks import retry_later
+
+    class FlakyBroker(FakeTask):
+        failures = 2
+
+        def retry(self, **kwargs: Any) -> RetryCalled:
+            if self.failures:
+                self.failures -= 1
+                raise Reject(redis.ConnectionError("Error 111 connecting"), requeue=False)
+            return super().retry(**kwargs)
+
+    task = FlakyBroker()
+    started = time.monotonic()
+    assert isinstance(retry_later(task, exc=None, countdown=1.0), RetryCalled)
+    assert task.retried == [{"exc": None, "countdown": 1.0}]
+    assert 1.0 <= time.monotonic() - started < 5  # waited 0.5 s, then 1 s
+    with pytest.raises(Reject):  # a rejection for another reason is not swallowed
+        retry_later(_RejectsForGood(), exc=None, countdown=1.0)
+
+
+@dataclass
+class _RejectsForGood(FakeTask):
+    """A task whose retry is refused for a reason other than the broker."""
+
+    def retry(self, **kwargs: Any) -> RetryCalled:
+        from celery.exceptions import Reject
+
+        raise Reject(ValueError("bad signature"), requeue=False)

@@ -56,6 +56,7 @@ class Leases:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self._chores: list[list[Any]] = []  # [interval, next due, function]
         self.failures = 0  # renewals that could not reach Redis, for the log and tests
 
     def hold(self, key: str, token: str) -> None:
@@ -73,6 +74,12 @@ class Leases:
         """Renew the broker's claim on every delivery tag ``tags()`` returns."""
         with self._guard:
             self._tags.append(tags)
+        self.start()
+
+    def every(self, seconds: float, chore: Callable[[], Any]) -> None:
+        """Also run ``chore`` on the renewal thread every ``seconds`` (errors are logged)."""
+        with self._guard:
+            self._chores.append([seconds, time.monotonic() + seconds, chore])
         self.start()
 
     def start(self) -> None:
@@ -93,6 +100,19 @@ class Leases:
         """Renew every RENEW_S until stopped."""
         while not self._stop.wait(self.renew_s):
             self.renew_once()
+            self._run_chores()
+
+    def _run_chores(self) -> None:
+        """Run the chores that are due."""
+        with self._guard:
+            due = [c for c in self._chores if c[1] <= time.monotonic()]
+            for chore in due:
+                chore[1] = time.monotonic() + chore[0]
+        for _, _, chore in due:
+            try:
+                chore()
+            except Exception as exc:  # Redis away, most likely: try again next time
+                log.warning("lease thread chore failed", extra={"error": repr(exc)})
 
     def renew_once(self) -> int:
         """Renew every lock and message claim now; return how many were renewed."""

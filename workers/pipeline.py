@@ -541,8 +541,12 @@ def enqueue_model_job(ref: JobRef, rt: Runtime) -> Outcome:
     # The claim is atomic (SET NX): of several copies of one job (a webhook redelivered
     # under fresh delivery ids), one gathers and routes; the others stop here.
     with redis_lock(rt, state_key(ref, "claim"), rt.lock_ttl_s) as claimed:
-        if not claimed or rt.redis.exists(state_key(ref, "done"), state_key(ref, "dispatched")):
+        if rt.redis.exists(state_key(ref, "done"), state_key(ref, "dispatched")):
             return Outcome.DUPLICATE
+        if not claimed:
+            # Another copy is dispatching it, or an attempt that failed left its claim to
+            # expire (say Redis went away before it could let go): look again shortly.
+            return Outcome.BUSY
         outcome = _route_and_queue(ref, rt, job)
         rt.redis.set(state_key(ref, "dispatched"), "1", ex=DONE_TTL_S)
     return outcome

@@ -28,7 +28,7 @@ from bot import logsetup
 from bot.errors import CibotError, ConfigError
 from bot.settings import Settings
 from policies.model import Policy
-from workers import leases, metrics
+from workers import leases, metrics, outbox
 from workers.celery_app import SANDBOX, model_queues
 
 log = logging.getLogger("cibot.worker")
@@ -325,7 +325,15 @@ def start_message_leases(settings: Settings) -> leases.Leases:
 
     held = leases.for_process(client)
     held.watch_messages(leases.worker_tags)
+    held.every(outbox.SWEEP_S, lambda: _sweep(held.client))
     return held
+
+
+def _sweep(client: Any) -> None:
+    """Send again any message Redis lost on its way to a worker (workers.outbox)."""
+    pushed = outbox.sweep(client)
+    if pushed > 0:
+        log.warning("messages lost on the way to a worker were sent again", extra={"count": pushed})
 
 
 def _on_shutting_down(**_kwargs: Any) -> None:

@@ -14,13 +14,13 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from bot import logsetup
 from bot.errors import TRANSIENT, CibotError, PrivateTierDown, RateLimited
 from bot.settings import Settings
 from policies.model import Policy
-from workers import metrics, pipeline
+from workers import metrics, outbox, pipeline
 from workers.celery_app import DISPATCH, PUBLISH, RUN_JOB, Timing
 from workers.job import JobRef
 from workers.pipeline import Deadline, Outcome, Runtime
@@ -75,7 +75,8 @@ def register(app: Any, *, settings: Settings, policy: Policy, timing: Timing) ->
     """Register dispatch, run_job and publish on ``app``."""
 
     def send(name: str, ref: JobRef, queue: str) -> None:
-        app.send_task(name, kwargs=ref.to_kwargs(), queue=queue)
+        # Through the outbox, so a message Redis loses on its way to a worker is sent again.
+        outbox.send(runtime.get().redis, app, name, ref.to_kwargs(), queue)
 
     runtime = LazyRuntime(
         lambda: Runtime.build(settings, policy, send=send, lock_ttl_s=timing.lease_s)
@@ -113,12 +114,18 @@ def _thin(name: str, step: Step, runtime: LazyRuntime, timing: Timing) -> Callab
         fields = pipeline.log_fields(ref, step=step_name, attempt=attempt)
         with logsetup.job_context(**fields):
             started, outcome = time.monotonic(), "error"
+            rt = runtime.get()
             try:
-                outcome = run_step(self, step, ref, runtime.get(), timing)
+                outcome = run_step(self, step, ref, rt, timing)
+                _outbox(outbox.done, rt, self.request.id)
                 return outcome
             except Exception as exc:
                 # Celery's Retry is how a task asks to run again; anything else escaped.
                 outcome = "retry" if type(exc).__name__ == "Retry" else "error"
+                if outcome == "retry":
+                    wait = getattr(exc, "when", 0)
+                    wait = float(wait) if isinstance(wait, int | float) else timing.retry_max_delay
+                    _outbox(outbox.postpone, rt, self.request.id, wait)
                 raise
             finally:
                 tier = str(logsetup.context().get("tier", ""))
@@ -127,8 +134,20 @@ def _thin(name: str, step: Step, runtime: LazyRuntime, timing: Timing) -> Callab
     return task
 
 
+def _outbox(action: Callable[..., None], rt: Runtime, *args: Any) -> None:
+    """Update the outbox; if Redis is away, the sweep finds the step done later (idempotent)."""
+    try:
+        action(rt.redis, *args)
+    except Exception as exc:
+        log.info("outbox not updated", extra={"error": repr(exc)})
+
+
 def run_step(task: Any, step: Step, ref: JobRef, rt: Runtime, timing: Timing) -> str:
-    """Run one step; retry transient errors and busy jobs, record permanent failures."""
+    """Run one step; retry transient errors and busy jobs, record permanent failures.
+
+    A task must never raise anything but Celery's Retry: with late acks Celery rejects the
+    message of a task that raised, without requeueing it, and the job would be lost.
+    """
     retries = int(task.request.retries or 0)
     try:
         outcome = step(ref, rt)
@@ -136,8 +155,7 @@ def run_step(task: Any, step: Step, ref: JobRef, rt: Runtime, timing: Timing) ->
         # A held private_only job waits as long as the policy says (pipeline._hold turns it
         # into a failure then), however many retries that takes.
         if retries >= timing.max_retries and not isinstance(exc, PrivateTierDown):
-            pipeline.fail(ref, rt, exc)
-            return "failed"
+            return _fail(task, ref, rt, exc, timing)
         delay = backoff(retries, exc, timing)
         log.info(
             "retrying",
@@ -145,17 +163,54 @@ def run_step(task: Any, step: Step, ref: JobRef, rt: Runtime, timing: Timing) ->
                 ref, error_kind=type(exc).__name__, retry=retries + 1, countdown=delay
             ),
         )
-        raise task.retry(exc=exc, countdown=delay) from exc
+        raise retry_later(task, exc=exc, countdown=delay) from exc
     except (CibotError, TimeoutError, ValueError) as exc:
-        pipeline.fail(ref, rt, exc)
-        return "failed"
+        return _fail(task, ref, rt, exc, timing)
     except Exception as exc:  # a bug: record it and keep the worker alive
         log.exception("job crashed", extra=pipeline.log_fields(ref))
-        pipeline.fail(ref, rt, exc)
-        return "failed"
+        return _fail(task, ref, rt, exc, timing)
     if outcome is Outcome.BUSY:
         if retries >= timing.max_retries:
             log.warning("job still busy; giving up", extra=pipeline.log_fields(ref))
             return str(outcome)
-        raise task.retry(countdown=random.uniform(0.5, 1.0) * timing.retry_max_delay / 4)
+        # The holder renews its lock every few seconds; a dead one's lapses within the lease.
+        raise retry_later(task, exc=None, countdown=random.uniform(0.25, 0.5) * timing.lease_s)
     return str(outcome)
+
+
+def _fail(task: Any, ref: JobRef, rt: Runtime, exc: BaseException, timing: Timing) -> str:
+    """Record a permanent failure; if Redis or the database is away, retry the step later."""
+    try:
+        pipeline.fail(ref, rt, exc)
+    except retryable() as error:
+        raise retry_later(task, exc=error, countdown=backoff(0, error, timing)) from error
+    return "failed"
+
+
+BROKER_WAIT_S = 300.0  # how long a retry waits for the broker to come back before giving up
+
+
+def retry_later(task: Any, *, exc: BaseException | None, countdown: float) -> BaseException:
+    """Ask Celery to run the task again, waiting out a broker outage rather than losing it.
+
+    The retry is a new message; while Redis is down it cannot be sent, and the task's own
+    message stays unacked (its lease outlives a short outage), so the task waits here.
+    """
+    import kombu.exceptions
+    import redis.exceptions
+    from celery.exceptions import Reject
+
+    broker_down = (kombu.exceptions.OperationalError, redis.exceptions.ConnectionError, OSError)
+    waited, pause = 0.0, 0.5
+    while True:
+        try:
+            return cast(BaseException, task.retry(exc=exc, countdown=countdown))
+        except (Reject, *broker_down) as error:
+            # Celery turns a retry it could not send into Reject(requeue=False): the message
+            # would be dropped. Wait for the broker instead, while our lease keeps it.
+            cause = error.reason if isinstance(error, Reject) else error
+            if not isinstance(cause, broker_down) or waited >= BROKER_WAIT_S:
+                raise
+            log.warning("broker unavailable; waiting to send the retry", extra={"waited_s": waited})
+            time.sleep(pause)
+            waited, pause = waited + pause, min(pause * 2, 5.0)
