@@ -16,6 +16,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from tests.benchmarks.bench_redaction import PLANTS, identical_pairs, new_file, plant_into
+from workers import redaction
 from workers.jobs.review import annotate
 from workers.redaction import Redacted, redact, redact_all, scan, shannon_entropy
 
@@ -472,3 +473,29 @@ def test_the_benchmark_says_how_to_rebuild_missing_diffs(tmp_path):
         check=False,
     )
     assert run.returncode == 2 and "rebuild.py" in run.stderr
+
+
+def test_a_one_line_json_token_and_a_hand_picked_yaml_value_are_redacted() -> None:
+    """A 32-digit hex token under a secret key is no checksum; a value with no repeated
+    character is no alphabet unless it runs in order."""
+    json_line = redaction.redact('{"api_token": "e8a1f0c2b94d4c7e9a3f5b6d7c8e9f01"}', path="k.json")
+    assert "e8a1f0c2" not in json_line.text and json_line.total == 1
+    yaml_line = redaction.redact("value: 9fK2mQ7xLp3Vt8Zr1Nb6Yc4Wd0Hs5Je", path="deploy/app.yaml")
+    assert "9fK2mQ7x" not in yaml_line.text
+    alphabet = "charset: ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef"
+    assert redaction.redact(alphabet, path="app.yaml").text == alphabet
+    digest = "etag: e8a1f0c2b94d4c7e9a3f5b6d7c8e9f01"  # a neutral key keeps its checksum
+    assert redaction.redact(digest, path="app.yaml").text == digest
+
+
+def test_a_secret_the_model_echoes_in_prose_is_found_by_its_value() -> None:
+    """In a post, a secret has no key around it; the values found in the inputs catch it."""
+    diff = (
+        "+++ b/.env\n+GITHUB_TOKEN=ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8\n"
+        "+HOOK=https://hooks.slack.com/services/T0000AAAA/B0000BBBB/XyZ123abcDEF456ghiJKL789\n"
+    )
+    values = redaction.secret_values(diff)
+    post = "Rotate ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8 and XyZ123abcDEF456ghiJKL789 today."
+    text, count = redaction.scrub(post, values)
+    assert count == 2 and "ghp_a1B2" not in text and "XyZ123" not in text
+    assert text.startswith("Rotate [REDACTED:echoed_secret]")

@@ -54,7 +54,7 @@ from policies.evidence import Evidence
 from policies.loading import REPO_SOURCE, merge_repo_config
 from policies.model import Policy, TaskPolicy
 from policies.routing import Decision, route
-from workers import journal, leases
+from workers import journal, leases, redaction
 from workers.celery_app import GITHUB, PUBLISH, RUN_JOB, queue_for_tier
 from workers.job import EDGE_TASKS, MODEL_TASKS, JobRef
 from workers.journal import Journal
@@ -664,7 +664,9 @@ def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> Ou
             _record_calls(ref, rt, calls, attempt)
             trail.close()
         shadow = github.shadow
-    payload = job.render(gathered, decision, completion, job_cost(completion.calls))
+    payload = _scrub_echoes(
+        job.render(gathered, decision, completion, job_cost(completion.calls)), gathered
+    )
     _store(ref, rt, payload, completion, shadow=shadow)
     return Outcome.COMPUTED
 
@@ -703,6 +705,41 @@ def _complete_job(
         completion = complete(decision.tier, job.request(gathered, decision))
     job.validate(gathered, completion.data)
     return completion
+
+
+def _scrub_echoes(payload: dict[str, Any], gathered: Gathered) -> dict[str, Any]:
+    """Take out of the post every secret the job's inputs hold, wherever the model echoed it.
+
+    A private model sees the diff unredacted and may repeat a secret in its words, where no
+    key or shape gives it away any more; the values found in the inputs find it anyway.
+    The count joins the ledger's post_removals.
+    """
+    texts = [
+        gathered.diff,
+        str(getattr(gathered.pull, "title", "")),
+        str(getattr(gathered.pull, "body", "")),
+    ]
+    texts += [v for v in gathered.extra.values() if isinstance(v, str)]
+    values = frozenset().union(*(redaction.secret_values(t) for t in texts if t))
+    if not values:
+        return payload
+    removed = 0
+
+    def clean(node: Any) -> Any:
+        nonlocal removed
+        if isinstance(node, str):
+            text, count = redaction.scrub(node, values)
+            removed += count
+            return text
+        if isinstance(node, dict):
+            return {k: clean(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [clean(v) for v in node]
+        return node
+
+    cleaned = clean(payload)
+    cleaned["removed"] = int(cleaned.get("removed", 0)) + removed
+    return cast(dict[str, Any], cleaned)
 
 
 def _store(

@@ -39,6 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from itertools import pairwise
 from typing import Any
 
 from detect_secrets.filters import heuristic
@@ -185,8 +186,8 @@ _BEARER = re.compile(
 )
 # One key and one value per line: YAML, TOML, JSON, .env, INI, properties.
 _CONFIG_VALUE = re.compile(
-    r"""^\s*(?:-\s+)?(?:export\s+)?["']?(?P<key>[\w.@/-]+)["']?\s*[:=]\s*"""
-    r"""(?P<q>["']?)(?P<value>[^\s"'`,;#]{20,})(?P=q)\s*,?\s*(?:[#;].*)?$"""
+    r"""^\s*(?:[{\[]\s*)?(?:-\s+)?(?:export\s+)?["']?(?P<key>[\w.@/-]+)["']?\s*[:=]\s*"""
+    r"""(?P<q>["']?)(?P<value>[^\s"'`,;#{}\[\]]{20,})(?P=q)\s*,?\s*[}\]]*\s*,?\s*(?:[#;].*)?$"""
 )
 _TOKEN_TAIL = re.compile(r"[A-Za-z0-9_\-+/=]*(?:\.[A-Za-z0-9_\-+/=]+)*")
 _KEY_BODY = re.compile(r"[A-Za-z0-9+/]{32}")
@@ -313,6 +314,35 @@ def redact(text: str, *, path: str | None = None) -> Redacted:
     out = _render(lines, found)
     counts = Counter(f.kind for f in found if f.counted)
     return Redacted(text="\n".join(out), counts=dict(sorted(counts.items())))
+
+
+def secret_values(text: str, *, path: str | None = None) -> frozenset[str]:
+    """Return the secret values in ``text``, to find them again where a model echoes them.
+
+    Only for use inside the worker that holds ``text``: the values never leave it, never
+    reach a log or the ledger (``workers.pipeline`` strips them from posts).
+    """
+    lines = text.split("\n")
+    values = set()
+    for f in scan(text, path=path):
+        value = lines[f.line][f.start : f.end]
+        if len(value) >= MIN_SECRET_LEN:
+            values.add(value)
+        if "://" in value:  # a webhook or credentialed URL: its random parts stand alone too
+            values.update(
+                p for p in re.split(r"[/:@?&=]", value) if _looks_random(p, neutral=False)
+            )
+    return frozenset(values)
+
+
+def scrub(text: str, values: Iterable[str]) -> tuple[str, int]:
+    """Replace each of ``values`` in ``text`` (longest first); return the text and the count."""
+    count = 0
+    for value in sorted(values, key=len, reverse=True):
+        if value in text:
+            count += text.count(value)
+            text = text.replace(value, PLACEHOLDER.format(kind="echoed_secret"))
+    return text, count
 
 
 def redact_all(
@@ -671,7 +701,10 @@ def _config_values(content: str, scope: _Scope) -> Iterator[_Hit]:
     words = _key_words(key)
     if words and words[-1] in _NEUTRAL_NAMES:
         return
-    if _looks_random(value, neutral=True) and _plausible(value, content, key):
+    # A secret-sounding key (api_token) gets the looser test: a 32-digit hex value under
+    # it is a token, not the checksum it would be under a neutral key.
+    neutral = not _secret_key(key)
+    if _looks_random(value, neutral=neutral) and _plausible(value, content, key):
         yield _Hit(match.start("value"), match.end("value"), "high_entropy", value)
 
 
@@ -725,9 +758,16 @@ def _base64_key(value: str) -> bool:
 
 
 def _is_alphabet(value: str) -> bool:
-    """Say whether a value is an alphabet: 26 or more characters, none repeated."""
-    # 26 random draws from 64 characters repeat one with probability above 99.5%.
-    return len(value) >= 26 and len(set(value)) == len(value)
+    """Say whether a value is an alphabet: 26 or more characters, none repeated, in runs.
+
+    26 random draws from 64 characters repeat one with probability above 99.5%, but a
+    secret typed or picked by hand may not; an alphabet also runs in order (abc..., 012...)
+    for at least half its length.
+    """
+    if len(value) < 26 or len(set(value)) != len(value):
+        return False
+    runs = sum(ord(b) - ord(a) == 1 for a, b in pairwise(value))
+    return runs >= len(value) // 2
 
 
 def _is_path(value: str) -> bool:
