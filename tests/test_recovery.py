@@ -318,3 +318,21 @@ def test_a_message_lost_on_its_way_to_a_worker_is_sent_again(redis_url: str) -> 
     assert outbox.sweep(client, now=later) == 0  # not due again yet
     app.close()
     client.close()
+
+
+# ---- capture ------------------------------------------------------------------------------
+
+
+def test_capture_on_keeps_each_call_of_a_job_privately(world: World, tmp_path: Any) -> None:
+    """With a capture store, the pipeline leaves one private file per model call; off, none."""
+    from workers.capture import Capture
+
+    world.local.script(reply=GOOD)
+    assert world.rt.capture is None  # off unless CIBOT_CAPTURE_DIR is set
+    world.rt.capture = Capture(tmp_path / "captures", days=14)
+    assert world.through(world.ref())[-1] is Outcome.PUBLISHED
+    files = list((tmp_path / "captures").rglob("*.json"))
+    assert len(files) == 1 and oct(files[0].stat().st_mode & 0o777) == "0o600"
+    kept = json.loads(files[0].read_text())
+    assert kept["inputs"]["task"] == "summary" and kept["inputs"]["repo"] == REPO
+    assert "retry" in json.dumps(kept["request"]["messages"]) and kept["outcome"]

@@ -54,7 +54,8 @@ from policies.evidence import Evidence
 from policies.loading import REPO_SOURCE, merge_repo_config
 from policies.model import Policy, TaskPolicy
 from policies.routing import Decision, route
-from workers import journal, leases, redaction
+from workers import capture, journal, leases, redaction
+from workers.capture import Capture
 from workers.celery_app import GITHUB, PUBLISH, RUN_JOB, queue_for_tier
 from workers.job import EDGE_TASKS, MODEL_TASKS, JobRef
 from workers.journal import Journal
@@ -252,6 +253,8 @@ class Runtime:
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     # Renews the job locks this process holds, so they expire with it (workers.leases).
     leases: Leases | None = None
+    # Opt-in, private record of prompts and replies for `cibot replay` (workers.capture).
+    capture: Capture | None = None
 
     @classmethod
     def build(
@@ -280,6 +283,7 @@ class Runtime:
         ledger = Ledger(settings.database_url)
         return cls(
             leases=leases.for_process(lambda: client),
+            capture=Capture.from_settings(settings),
             settings=settings,
             policy=policy,
             redis=client,
@@ -649,7 +653,13 @@ def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> Ou
         )
         deadline.check("the model call")
         trail = Journal(rt.redis, state_key(ref, "calls"), attempt, calls)
-        complete = _completer(ref, decision, rt.model(trail))
+        complete = capture.wrap(
+            rt.capture,
+            _completer(ref, decision, rt.model(trail)),
+            ref=ref,
+            gathered=gathered,
+            private_only=decision.private_only,
+        )
         try:
             completion = _complete_job(job, gathered, decision, complete)
         except PrivateTierDown as exc:
