@@ -229,58 +229,6 @@ def test_a_job_held_for_the_private_model_completes_when_it_returns(cluster: Clu
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_a_worker_killed_mid_job_hands_the_job_to_another(cluster: Cluster) -> None:
-    """SIGKILL the worker running the model call: the other finishes; one result, one row."""
-    sha = "7" * 40
-    cluster.github.add_pull(REPO, 7, title="Killed", diff=DIFF, head_sha=sha)
-    # Rules match by PR title, so each test's script stays its own.
-    cluster.local.script("Killed", reply=GOOD, times=1, delay=30)  # the first call hangs
-    cluster.local.script("Killed", reply=GOOD)
-    before = len(cluster.local.chat_requests())
-    ref = cluster.publish(7, sha, delivery="kill-1")
-    wait_for(lambda: len(cluster.local.chat_requests()) > before, 30, "the model call")
-    wait_for(
-        lambda: bool((cluster.ledger.job(job_key(ref)) or {}).get("worker")),
-        10,
-        "the job to be running",
-    )
-    row = cluster.ledger.job(job_key(ref))
-    assert row is not None
-    victim = int(row["worker"].rsplit(":", 1)[1])
-    name = next(n for n, p in cluster.locals.items() if p.pid == victim)
-    os.kill(victim, signal.SIGKILL)
-    cluster.locals.pop(name).wait(timeout=10)
-    try:
-        wait_for(lambda: len(cluster.summaries(7)) >= 1, 60, "the other worker to publish")
-    except AssertionError as exc:
-        raise AssertionError(cluster.dump_logs()) from exc
-    wait_for(
-        lambda: (cluster.ledger.job(job_key(ref)) or {}).get("status") == SUCCEEDED,
-        10,
-        "the job to close",
-    )
-    time.sleep(2)  # give a stray duplicate the chance to show itself
-    assert len(cluster.summaries(7)) == 1
-    row = cluster.ledger.job(job_key(ref))
-    assert row is not None
-    assert row["attempts"] == 2 and int(row["worker"].rsplit(":", 1)[1]) != victim, (
-        row,
-        cluster.dump_logs(),
-    )
-    jobs, calls, _ = cluster.ledger.rows()
-    mine = [c for c in calls if c.pr_number == 7]
-    assert [j.job_key for j in jobs].count(job_key(ref)) == 1
-    # The killed attempt's call was journaled before it went out, and is priced too.
-    calls_on_record = cluster.ledger.calls(job_key(ref))
-    assert [c["error_kind"] for c in calls_on_record] == ["worker_lost", ""], calls_on_record
-    assert len(mine) == 2 and {c.tier for c in mine} == {"local"}
-    killed = calls_on_record[0]
-    assert killed["prompt_tokens"] > 0 and killed["cost_usd"] > 0
-    assert row["private_tokens"] == sum(c.tokens for c in mine)
-
-
-@pytest.mark.integration
-@pytest.mark.slow
 def test_a_delivery_sent_twice_publishes_once(cluster: Cluster) -> None:
     """Two copies of the same job (a redelivered webhook) leave one comment and one job."""
     sha = "5" * 40
