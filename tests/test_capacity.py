@@ -124,7 +124,8 @@ def test_advice_figures_serve_when_applied() -> None:
 
 
 def readme_policy(tmp_path: Path) -> Path:
-    """Write the default policy with `mid` made private on 2xH200, as the README shows."""
+    """Write the default policy with `mid` made private on 2xH200, as the README once showed
+    it: 32 sequences of 64k, which the rung cannot hold."""
     data = parse_yaml(default_policy_text(), source="default.yaml")
     data["tiers"]["mid"] = yaml.safe_load(README_MID)["tiers"]["mid"]
     path = tmp_path / "policy.yaml"
@@ -231,3 +232,17 @@ def test_a_malformed_models_file_names_the_key(tmp_path: Path) -> None:
     bad.write_text("models:\n  x: {match: [a/x], params_b: 1, layers: 2, attention: gqa}\n")
     with pytest.raises(ConfigError, match="x"):
         capacity.parse_models(bad.read_text(), source=str(bad))
+
+
+def test_the_readmes_private_mid_tier_is_one_its_rung_serves(tmp_path: Path) -> None:
+    """The 2xH200 tier the README tells operators to paste passes `cibot capacity --check`."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("Then make `mid` private in your policy:", 1)[1]
+    snippet = block.split("```yaml\n", 1)[1].split("```", 1)[0]
+    data = parse_yaml(default_policy_text(), source="default.yaml")
+    data["tiers"]["mid"] = yaml.safe_load(snippet)["tiers"]["mid"]
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    checks = capacity.check_policy(load_policy(path), MODELS, request=request(QWEN_FP8, 1, 1))
+    mid = next(item for item in checks if item.tier == "mid")
+    assert mid.problems == () and mid.plan is not None and mid.plan.verdict == "serves"
