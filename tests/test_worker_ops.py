@@ -502,3 +502,14 @@ def test_preflight_names_what_to_set_before_a_worker_takes_work(
     assert stopped.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("cibot worker: CIBOT_LOG_FORMAT='yaml' is not valid")
+
+
+def test_a_worker_leaves_its_unacked_messages_to_the_leases() -> None:
+    """Kombu's restore on channel close dies on a lost connection; workers turn it off and
+    rely on the lease, which restores a stopped worker's messages within 30 s."""
+    from kombu.transport import redis as kombu_redis
+
+    from workers.startup import leave_unacked_to_leases
+
+    leave_unacked_to_leases()
+    assert kombu_redis.QoS.restore_at_shutdown is False

@@ -68,6 +68,7 @@ def install(app: Any, settings: Settings, policy: Policy) -> Boot:
 
     _boot = Boot(app=app, settings=settings, policy=policy)
     _fresh_multiprocess_dir()
+    leave_unacked_to_leases()
     hooks = (
         (signals.celeryd_init, _on_celeryd_init),
         (signals.worker_init, _on_worker_init),
@@ -80,6 +81,21 @@ def install(app: Any, settings: Settings, policy: Policy) -> Boot:
     for signal, receiver in hooks:
         signal.connect(receiver, weak=False, dispatch_uid=f"cibot.startup.{receiver.__name__}")
     return _boot
+
+
+def leave_unacked_to_leases() -> None:
+    """Do not push a worker's unacked messages back when its broker connection closes.
+
+    Kombu's Redis transport restores them on every channel close. When the close follows a
+    lost connection (Redis stopped), that restore itself fails with an AttributeError in
+    kombu (``_connparams`` on a connection already gone), which escapes as "Unrecoverable
+    error" and kills the worker. cibot does not need it: the messages stay in the unacked
+    index, and once this worker stops renewing their leases (``workers.leases``), any
+    worker restores them within the 30 s lease, on a warm shutdown too.
+    """
+    from kombu.transport import redis as kombu_redis
+
+    kombu_redis.QoS.restore_at_shutdown = False
 
 
 def _fresh_multiprocess_dir() -> None:
