@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -505,11 +506,17 @@ def test_preflight_names_what_to_set_before_a_worker_takes_work(
 
 
 def test_a_worker_leaves_its_unacked_messages_to_the_leases() -> None:
-    """Kombu's restore on channel close dies on a lost connection; workers turn it off and
-    rely on the lease, which restores a stopped worker's messages within 30 s."""
+    """Kombu's restore on close and late acks die on a lost connection with an
+    AttributeError; workers report it as a ConnectionError and leave restores to the lease."""
     from kombu.transport import redis as kombu_redis
 
     from workers.startup import leave_unacked_to_leases
 
     leave_unacked_to_leases()
+    leave_unacked_to_leases()  # idempotent: the guard wraps once
     assert kombu_redis.QoS.restore_at_shutdown is False
+    closed = SimpleNamespace(connection=None)
+    with pytest.raises(redis.exceptions.ConnectionError, match="broker connection was closed"):
+        kombu_redis.Channel._connparams(closed)
+    with pytest.raises(redis.exceptions.ConnectionError):
+        kombu_redis.Channel._connparams(SimpleNamespace(connection=SimpleNamespace(client=None)))

@@ -21,6 +21,7 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,18 +85,34 @@ def install(app: Any, settings: Settings, policy: Policy) -> Boot:
 
 
 def leave_unacked_to_leases() -> None:
-    """Do not push a worker's unacked messages back when its broker connection closes.
+    """Keep a worker alive through a lost broker connection, and leave restores to the leases.
 
-    Kombu's Redis transport restores them on every channel close. When the close follows a
-    lost connection (Redis stopped), that restore itself fails with an AttributeError in
-    kombu (``_connparams`` on a connection already gone), which escapes as "Unrecoverable
-    error" and kills the worker. cibot does not need it: the messages stay in the unacked
-    index, and once this worker stops renewing their leases (``workers.leases``), any
-    worker restores them within the 30 s lease, on a warm shutdown too.
+    Two of kombu's Redis-transport paths fail with an AttributeError, not a connection
+    error, once the connection is gone (``Channel._connparams`` reads the closed
+    connection's settings): the restore of unacked messages on channel close, and the ack of
+    a task that finished meanwhile. Celery reports either as "Unrecoverable error" and the
+    worker exits. So the closed connection is reported as the ConnectionError it is (an
+    ack that fails is logged, and its message is redelivered and found done), and the
+    restore on close is off: the messages stay in the unacked index, and once this worker
+    stops renewing their leases (``workers.leases``) any worker restores them within 30 s.
     """
+    import redis
     from kombu.transport import redis as kombu_redis
 
     kombu_redis.QoS.restore_at_shutdown = False
+    channel_class: Any = kombu_redis.Channel  # kombu is untyped
+    original: Callable[..., Any] = channel_class._connparams
+    if getattr(original, "cibot_guarded", False):
+        return
+
+    def connparams(channel: Any, asynchronous: bool = False) -> Any:
+        connection = getattr(channel, "connection", None)
+        if connection is None or getattr(connection, "client", None) is None:
+            raise redis.exceptions.ConnectionError("the broker connection was closed")
+        return original(channel, asynchronous)
+
+    connparams.cibot_guarded = True  # type: ignore[attr-defined]
+    channel_class._connparams = connparams
 
 
 def _fresh_multiprocess_dir() -> None:
