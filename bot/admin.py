@@ -19,8 +19,8 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bot.errors import ConfigError
-from bot.settings import Settings
+from bot.kernel.errors import ConfigError
+from bot.kernel.settings import Settings
 
 log = logging.getLogger(__name__)
 

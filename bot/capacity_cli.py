@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar, cast
 
-from bot.errors import ConfigError, InputError
-from bot.settings import Settings
+from bot.kernel.errors import ConfigError, InputError
+from bot.kernel.settings import Settings
 from policies import capacity
 from policies.capacity import ModelFacts, Plan, Request, TierCheck, gb
 from policies.loading import load_policy

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Protocol, cast
 
-from bot.errors import InputError, describe
+from bot.kernel.errors import InputError, describe
 
 log = logging.getLogger("cibot.cli")
 
@@ -18,7 +18,7 @@ log = logging.getLogger("cibot.cli")
 # `cibot route` does not pay for Celery, Starlette or litellm imports.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "route": ("bot.decide", "Explain how one task on one diff would be routed."),
-    "assess": ("bot.assess", "Replay a repo's history through the router and cost model."),
+    "assess": ("workers.assess", "Replay a repo's history through the router and cost model."),
     "serve": ("bot.server", "Start the webhook server."),
     "worker": ("workers.worker_cli", "Start a Celery worker for the given queues."),
     "report": ("workers.report", "Print the ledger's figures, cost per accepted PR first."),
@@ -26,8 +26,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("bot.evaluate", "Score the router on labelled cases: recall and false escalation."),
     "services": ("bot.services_cli", "Print the service map inferred from a checkout."),
     "capacity": ("bot.capacity_cli", "Size a model on H200s, or check private tiers' rungs."),
-    "demo": ("bot.demo", "Fill a ledger with a clearly labelled simulated month of work."),
-    "replay": ("bot.replay", "Rerun captured tasks on other models and score them side by side."),
+    "demo": ("workers.demo", "Fill a ledger with a clearly labelled simulated month of work."),
+    "replay": (
+        "workers.replay",
+        "Rerun captured tasks on other models and score them side by side.",
+    ),
 }
 
 
@@ -101,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def report_failure(command: str, exc: Exception, environ: Mapping[str, str]) -> int:
     """Log the traceback at debug level, print what failed and what to do; return the code."""
     if environ.get("CIBOT_LOG_LEVEL", "").lower() == "debug" and not logging.getLogger().handlers:
-        from bot import logsetup
+        from bot.kernel import logsetup
 
         logsetup.configure(level="debug")  # commands that set up no logging still show it
     log.debug("command failed", extra={"command": command}, exc_info=exc)

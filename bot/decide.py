@@ -10,14 +10,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bot.errors import ConfigError, InputError
-from bot.settings import Settings
+from bot.kernel.errors import ConfigError, InputError
+from bot.kernel.settings import Settings
+from policies import tokens
 from policies.evidence import CiFacts, Evidence, TestFacts, evidence_from_diff, packed_estimate
 from policies.loading import load_policy, merge_repo_config
 from policies.model import TASKS, TIER_ORDER, Policy
 from policies.routing import Decision, route
 from policies.services import Reader, ServiceMap, discover
-from workers import tokens
 
 HUMAN = """\
 {task} → {tier} ({model})

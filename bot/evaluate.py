@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from bot.decide import policy_for, read_input
-from bot.errors import InputError
-from bot.settings import Settings
-from policies import deps, detectors, scoring
+from bot.kernel.errors import InputError
+from bot.kernel.settings import Settings
+from policies import deps, detectors, scoring, tokens
 from policies.evidence import CiFacts, Evidence, evidence_from_diff
 from policies.model import CATEGORIES, Policy
 from policies.routing import Decision, route, route_many
 from policies.scoring import EVAL_TASKS, Case, Entry, LabelledBump, Outcome, Report, Row
-from workers import tokens
 
 REQUIRED = ("id", "diff", "sensitive", "categories", "services_touched", "dependency_bump")
 BUMP_KEYS = ("package", "from", "to", "breaking")

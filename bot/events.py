@@ -11,15 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from bot.errors import PayloadError
+from bot.kernel.errors import PayloadError
+from bot.kernel.jobs import JobRef
 from bot.webhooks import Event
 from policies.model import Policy
-from workers.job import JobRef
-
-# A JobRef whose args carry SUPERSEDE=True is debounced: the edge records the newest
-# head SHA of its PR (bot.intake.head_key) and delays the job; the worker drops it when
-# the recorded head is no longer its head_sha. A burst of pushes so yields one job.
-SUPERSEDE = "supersede"
 
 Handler = Callable[[Event, "Context"], list[JobRef]]
 

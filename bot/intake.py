@@ -30,15 +30,21 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from bot.events import SUPERSEDE
+from bot.kernel.jobs import (
+    DISPATCH,
+    DUE,
+    GITHUB,
+    GRACE_S,
+    OUTBOX,
+    SUPERSEDE,
+    JobRef,
+    envelope,
+    head_key,
+)
 from bot.spool import Spool, task_id
-from workers import outbox
-from workers.job import JobRef
 
 log = logging.getLogger(__name__)
 
-DISPATCH_TASK = "cibot.dispatch"
-QUEUE = "github"
 # GitHub lets operators redeliver for 3 days; remember delivery ids a little longer.
 DEDUPE_TTL_SECONDS = 4 * 24 * 3600
 HEAD_TTL_SECONDS = 7 * 24 * 3600
@@ -69,11 +75,6 @@ return 1
 def delivery_key(delivery_id: str) -> str:
     """Return the Redis key that marks a delivery id as seen."""
     return f"cibot:delivery:{delivery_id}"
-
-
-def head_key(repo: str, pr_number: int | None) -> str:
-    """Return the Redis key holding the newest head SHA the edge saw for a PR."""
-    return f"cibot:head:{repo}#{pr_number}"
 
 
 class Outcome(StrEnum):
@@ -304,8 +305,8 @@ class CeleryBroker:
 
     def enqueue(self, delivery_id: str, messages: Sequence[Message]) -> bool:
         """Claim the delivery and LPUSH its messages atomically; False for a duplicate."""
-        keys = [delivery_key(delivery_id), QUEUE, outbox.OUTBOX, outbox.DUE]
-        due = time.time() + outbox.GRACE_S + max((m.countdown for m in messages), default=0)
+        keys = [delivery_key(delivery_id), GITHUB, OUTBOX, DUE]
+        due = time.time() + GRACE_S + max((m.countdown for m in messages), default=0)
         args: list[str | int | float] = [DEDUPE_TTL_SECONDS, HEAD_TTL_SECONDS, due]
         for message in messages:
             job = message.job
@@ -318,10 +319,10 @@ class CeleryBroker:
     def envelope(self, message: Message) -> str:
         """Return the kombu Redis envelope of the Celery message for one job."""
         job = message.job
-        return outbox.envelope(
+        return envelope(
             self._celery,
-            DISPATCH_TASK,
-            QUEUE,
+            DISPATCH,
+            GITHUB,
             _kwargs(job),
             task_id=message.task_id,
             countdown=message.countdown or None,

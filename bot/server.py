@@ -37,18 +37,25 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from bot import logsetup, webhooks
+from bot import webhooks
 from bot.admin import AdminGuard, check_binding
-from bot.dashboard import Dashboard
-from bot.errors import InputError, PayloadError, PayloadTooLarge, SignatureError, WebhookError
 from bot.events import Context, Router
 from bot.features import checks, comments, feedback, installs, pulls
 from bot.intake import DEFAULT_DEBOUNCE_SECONDS, CeleryBroker, Intake, log_fields
+from bot.kernel import logsetup
+from bot.kernel.errors import (
+    InputError,
+    PayloadError,
+    PayloadTooLarge,
+    SignatureError,
+    WebhookError,
+)
+from bot.kernel.jobs import JobRef
+from bot.kernel.settings import Settings
 from bot.metrics import CONTENT_TYPE, Metrics
-from bot.settings import Settings
 from bot.spool import Spool
 from policies.model import Policy
-from workers.job import JobRef
+from workers.dashboard import Dashboard
 
 if TYPE_CHECKING:
     import uvicorn

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from bot.decide import checkout_services, policy_for
-from bot.settings import Settings
+from bot.kernel.settings import Settings
 from policies.model import Policy
 from policies.services import ServiceEntry, ServiceMap, merge
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.job import JobRef
+from bot.kernel.jobs import JobRef
 
 KEEP_SECONDS = 3 * 24 * 3600
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from bot.errors import PayloadError, PayloadTooLarge, SignatureError
+from bot.kernel.errors import PayloadError, PayloadTooLarge, SignatureError
 
 # GitHub's ids and numbers are positive and fit a signed 64-bit integer (the ledger's
 # INTEGER); anything larger is refused at the edge instead of failing a worker later.

@@ -100,8 +100,18 @@ SCOPE = re.compile(
 MANIFEST_KEYS = re.compile(r"^\s*(apiVersion|kind):\s*\S", re.MULTILINE)
 # Extra lock files beyond the ones packing already knows.
 MORE_LOCKS = frozenset(
-    {".terraform.lock.hcl", "gradle.lockfile", "packages.lock.json", "bun.lock", "bun.lockb",
-     "mix.lock", "pubspec.lock", "Podfile.lock", "flake.lock", "deno.lock"}
+    {
+        ".terraform.lock.hcl",
+        "gradle.lockfile",
+        "packages.lock.json",
+        "bun.lock",
+        "bun.lockb",
+        "mix.lock",
+        "pubspec.lock",
+        "Podfile.lock",
+        "flake.lock",
+        "deno.lock",
+    }
 )
 
 
@@ -156,7 +166,11 @@ def lexer_for(path: str) -> Lexer | None:
     """Return the lexer for a path's language, keyed by its extension or whole name."""
     name = path.rsplit("/", 1)[-1]
     stem, dot, ext = name.rpartition(".")
-    key = f"x.{ext}" if dot and stem and not name.startswith(("Dockerfile", "Containerfile")) else name
+    key = (
+        f"x.{ext}"
+        if dot and stem and not name.startswith(("Dockerfile", "Containerfile"))
+        else name
+    )
     if name.startswith(("Dockerfile", "Containerfile")):
         key = "Dockerfile"
     return _lexer_for(key)
@@ -198,8 +212,10 @@ class Lexed:
 def _markup(lexer: Lexer) -> bool:
     """Tell whether a lexer reads markup, whose text runs are page copy, not code."""
     lexer = getattr(lexer, "lexer", lexer)
-    return any(word in type(lexer).__name__ for word in ("Html", "Xml", "Erb", "Handlebars",
-                                                          "Mustache", "Twig", "Liquid"))
+    return any(
+        word in type(lexer).__name__
+        for word in ("Html", "Xml", "Erb", "Handlebars", "Mustache", "Twig", "Liquid")
+    )
 
 
 def lex_side(lexer: Lexer, lines: list[str]) -> list[Lexed]:

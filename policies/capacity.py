@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
-from bot.errors import ConfigError, InputError
+from bot.kernel.errors import ConfigError, InputError
 from policies.loading import parse_yaml, validation_message
 from policies.model import Frozen, Policy
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from unidiff.errors import UnidiffParseError
 from unidiff.patch import PatchSet
 
-from bot.errors import InputError
+from bot.kernel.errors import InputError
 
 if TYPE_CHECKING:
     from policies.services import ServiceMap

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, field_validator
 
-from bot.errors import ConfigError
+from bot.kernel.errors import ConfigError
 from policies import detectors, semantic
 from policies.model import (
     Category,
@@ -191,7 +191,7 @@ def load_policy(path: Path | None = None, *, overrides: Mapping[str, Any] | None
     """Load the operator policy (default: the packaged one) and apply tier overrides.
 
     ``overrides`` maps a tier name to an object with optional ``model`` and ``api_base``
-    attributes (``bot.settings.TierOverride``); these come from CIBOT_<TIER>_* variables.
+    attributes (``bot.kernel.settings.TierOverride``); these come from CIBOT_<TIER>_* variables.
     """
     source = str(path) if path else DEFAULT_SOURCE
     try:

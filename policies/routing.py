@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.errors import InputError
+from bot.kernel.errors import InputError
 from policies import detectors
 from policies.detectors import Reason
 from policies.evidence import Evidence

@@ -12,9 +12,10 @@ from typing import Any
 
 import uvicorn
 
-from bot.intake import QUEUE, Intake
+from bot.intake import Intake
+from bot.kernel.jobs import GITHUB as QUEUE
+from bot.kernel.settings import Settings
 from bot.server import create_apps
-from bot.settings import Settings
 from bot.webhooks import sign
 from policies.model import Policy
 from tests.services import wait_for_port

@@ -14,18 +14,18 @@ import pytest
 import sqlalchemy as sa
 
 from bot import webhooks
-from bot.errors import PayloadError
 from bot.events import Context
 from bot.features import pulls
+from bot.kernel.errors import PayloadError
+from bot.kernel.jobs import JobRef
+from bot.kernel.settings import Settings
 from bot.server import ROUTER
-from bot.settings import Settings
 from policies.loading import load_policy
 from tests.edge_server import SECRET, fixture, headers_for
 from tests.fakes.github import FakeGitHub
 from tests.fakes.model import FakeModelServer
 from tests.test_pipeline import LOCAL_ID, World, environment, write_policy
 from workers import pipeline
-from workers.job import JobRef
 from workers.jobs import bookkeeping
 from workers.jobs import tests as tests_job
 from workers.ledger import SUCCEEDED, JobResult

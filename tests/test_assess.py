@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 import yaml
 
-from bot.assess import assess, render, tier_prices
-from bot.errors import InputError
+from bot.kernel.errors import InputError
 from policies.costs import SECONDS_PER_MONTH
 from policies.evidence import parse_diff
 from policies.loading import build_policy, default_policy_text, load_policy, parse_yaml
 from workers import history
+from workers.assess import assess, render, tier_prices
 
 DAY = 86_400
 START = 1_700_000_000  # 2023-11-14, a fixed clock so the month span is exact
@@ -515,12 +515,13 @@ def reference(built: Built, sha: str, policy: Any) -> dict[str, int]:
     """Build what each job sends for one commit, from `git diff` and `git log`; count tokens."""
     from dataclasses import replace as copy
 
-    from bot.errors import NothingToDo
-    from bot.github import PullInfo
+    from bot.kernel.errors import NothingToDo
+    from bot.kernel.jobs import JobRef
+    from policies import tokens
     from policies.evidence import evidence_from_diff
     from policies.routing import route_many
-    from workers import pipeline, tokens
-    from workers.job import JobRef
+    from workers import pipeline
+    from workers.github import PullInfo
     from workers.jobs import deps, review, summary, tests
 
     git = Repo(built.path)
@@ -632,7 +633,7 @@ def _header_of(report: dict[str, Any]) -> str:
 
 def _knobs(**values: Any) -> Any:
     """Return assess knobs with a few changed."""
-    from bot.assess import Knobs
+    from workers.assess import Knobs
 
     return Knobs(**values)
 
@@ -680,7 +681,7 @@ def test_fixture_history_is_too_short_and_says_so(built: Built) -> None:
 
 def workload(prs: float, local: float, mid: float, frontier: float) -> Any:
     """Return a month of summary work: per-PR API-first dollars and private tokens by tier."""
-    from bot.assess_econ import Workload
+    from workers.assess_econ import Workload
 
     cells = {
         ("summary", "local"): history.Cell(
@@ -697,7 +698,7 @@ def workload(prs: float, local: float, mid: float, frontier: float) -> Any:
 
 
 def test_each_rung_pays_off_where_its_saving_equals_its_cost() -> None:
-    from bot import assess_econ as econ
+    from workers import assess_econ as econ
 
     work = workload(1000, local=0.02, mid=0.03, frontier=0.09)
     rungs = {o.rung: o for o in econ.options(work, PRICED, "bought")}
@@ -722,7 +723,7 @@ def test_each_rung_pays_off_where_its_saving_equals_its_cost() -> None:
     [(1000, "API-first"), (60_000, "hybrid"), (2_000_000, "self-host-first")],
 )
 def test_verdict_names_the_cheapest_option(prs: float, word: str) -> None:
-    from bot import assess_econ as econ
+    from workers import assess_econ as econ
 
     work = econ.at_volume(workload(1000, local=0.02, mid=0.003, frontier=0.09), prs)
     rungs = econ.options(work, PRICED, "bought")
@@ -736,7 +737,7 @@ def test_verdict_names_the_cheapest_option(prs: float, word: str) -> None:
 
 
 def test_a_rung_that_fills_before_it_pays_off_never_does() -> None:
-    from bot import assess_econ as econ
+    from workers import assess_econ as econ
 
     data = priced_data()
     data["rungs"]["1xH200"]["throughput_tokens_per_s"] = 0.01  # full at a handful of PRs

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from bot.errors import BudgetExhausted
+from bot.kernel.errors import BudgetExhausted
 from tests.services import free_port
 from workers.budget import GRACE, Budget, expiry_after_month, month_of, to_micro
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from bot.cli import main
-from bot.errors import ConfigError
+from bot.kernel.errors import ConfigError
 from policies import capacity
 from policies.capacity import Request
 from policies.loading import default_policy_text, load_policy, parse_yaml

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from bot.errors import ConfigError, InvalidOutput
-from bot.github import PullInfo
-from bot.settings import Settings
+from bot.kernel.errors import ConfigError, InvalidOutput
+from bot.kernel.jobs import JobRef
+from bot.kernel.settings import Settings
 from policies.deps import Bump
 from policies.evidence import evidence_from_diff
 from policies.loading import load_policy
@@ -24,7 +24,7 @@ from policies.routing import route
 from tests.fakes.model import FakeModelServer
 from workers import capture as capture_module
 from workers.capture import Capture, check_context, gathered_for, wrap
-from workers.job import JobRef
+from workers.github import PullInfo
 from workers.jobs import ci, deps, review, summary
 from workers.llm import ModelClient
 from workers.pipeline import Gathered, ModelRequest

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 import redis
 
-from bot.errors import GitHubTransient, GitHubValidation, InputError, RateLimited
 from bot.intake import CeleryBroker, Message, delivery_key
-from bot.settings import Settings
+from bot.kernel.errors import GitHubTransient, GitHubValidation, InputError, RateLimited
+from bot.kernel.jobs import DISPATCH, RUN_JOB, JobRef
+from bot.kernel.settings import Settings
 from policies.loading import load_policy
 from policies.model import Policy
 from tests.fakes.github import FakeGitHub
@@ -33,21 +34,12 @@ from tests.test_pipeline import (
     environment,
     write_policy,
 )
-from workers.celery_app import (
-    DISPATCH,
-    RUN_JOB,
-    Limit,
-    Timing,
-    create_app,
-    model_queues,
-    queue_for_tier,
-)
-from workers.job import JobRef
+from workers.celery_app import create_app
 from workers.leases import LEASE_S, RENEW_S
 from workers.ledger import SUCCEEDED, Ledger, job_key
 from workers.pipeline import Outcome, Runtime
+from workers.queues import Limit, Timing, model_queues, plan, queue_for_tier
 from workers.tasks import backoff, run_step
-from workers.worker_cli import plan
 
 MAX_JOB_S = 3.0  # every limit derives from it: hard 5 s, visibility timeout 10 s
 

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from bot.commands import COMMANDS, Command, command_list, parse
-from bot.errors import InputError
-from bot.github import GitHubApp, GitHubClient
+from bot.kernel.commands import COMMANDS, Command, command_list, parse
+from bot.kernel.errors import InputError
+from bot.kernel.jobs import JobRef
 from policies.loading import load_policy
 from policies.model import Policy
 from tests.fakes.github import FakeGitHub
-from workers.job import JobRef
+from workers.github import GitHubApp, GitHubClient
 from workers.jobs.command import MARKER, handle_command
 
 REPO = "octo-org/hello-world"

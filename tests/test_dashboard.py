@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from bot import charts
-from bot.dashboard import Dashboard
+from bot.kernel.jobs import JobRef
+from bot.kernel.settings import Settings
 from bot.server import create_apps
-from bot.settings import Settings
 from policies.loading import load_policy
 from tests.edge_server import SECRET
 from tests.test_report import MONTHLY, api, local
-from workers.job import JobRef
+from workers import charts
+from workers.dashboard import Dashboard
 from workers.ledger import SUCCEEDED, CallInput, JobResult, Ledger
 from workers.report import month_start
 

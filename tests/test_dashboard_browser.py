@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import uvicorn
 
+from bot.kernel.settings import Settings
 from bot.server import create_apps
-from bot.settings import Settings
 from policies.loading import load_policy
 from tests.edge_server import SECRET, bound
 from tests.services import wait_for_port

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bot import demo
 from policies.loading import load_policy
 from tests.test_report import job, local
+from workers import demo
 from workers.ledger import Ledger
 
 pytestmark = pytest.mark.integration

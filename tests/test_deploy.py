@@ -19,7 +19,7 @@ import yaml
 from bot.metrics import Metrics
 from policies.loading import load_policy
 from workers import metrics as worker_metrics
-from workers.worker_cli import plan
+from workers.queues import plan
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -60,8 +60,8 @@ def option(argv: list[str], *names: str) -> str:
 
 
 def settings_variables() -> set[str]:
-    """Return every CIBOT_* variable bot/settings.py reads (the per-tier names expanded)."""
-    text = (ROOT / "bot" / "settings.py").read_text(encoding="utf-8")
+    """Return every CIBOT_* variable bot/kernel/settings.py reads (the per-tier names expanded)."""
+    text = (ROOT / "bot" / "kernel" / "settings.py").read_text(encoding="utf-8")
     names = set(re.findall(r'"(CIBOT_[A-Z_]+)"', text))
     for tier in ("LOCAL", "MID", "FRONTIER"):
         names |= {f"CIBOT_{tier}_MODEL", f"CIBOT_{tier}_API_BASE"}
@@ -117,7 +117,7 @@ def test_cibot_services_run_as_the_image_user_and_workers_may_build_the_sandbox(
 
 
 def test_services_read_the_documented_settings(services: dict[str, dict[str, Any]]) -> None:
-    """Every CIBOT_* name in compose.yaml is one bot/settings.py reads and README documents."""
+    """Every CIBOT_* name in compose.yaml is one bot/kernel/settings.py reads and README documents."""
     known = settings_variables()
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for name in known - {

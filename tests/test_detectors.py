@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.errors import InputError
+from bot.kernel.errors import InputError
 from policies import detectors, semantic
 from policies.detectors import GlobSet, Reason
 from policies.evidence import CiFacts, Evidence, FileChange, evidence_from_diff, parse_diff
@@ -530,12 +530,53 @@ def test_prose_that_mentions_sensitive_words_is_not_a_sensitive_change() -> None
 
 
 _WORDS = [
-    "bcrypt", "BCrypt", "hashpw", "jwt", "JWT_SECRET", "my_jwt", "jsonwebtoken", "access_token",
-    "Refresh-Tokens", "id_token", "SESSION_COOKIE_AGE", "login_required", "AES", "aes", "RSA",
-    "hmac.new", "cryptography.hazmat", "private_key", "Decrypt(", "verify=", "ssl.",
-    "-----BEGIN RSA PRIVATE KEY-----", "stripe", "charges.create", "refund", "amount", "total",
-    "PaymentIntent", '"Action":', "kind: Deployment", "iam:PassRole", "has_perm", "tokenizer",
-    "author", "x", "=", "+", "(", ")", ".", "_", "-", " ", "\n", "é", "'", "#",
+    "bcrypt",
+    "BCrypt",
+    "hashpw",
+    "jwt",
+    "JWT_SECRET",
+    "my_jwt",
+    "jsonwebtoken",
+    "access_token",
+    "Refresh-Tokens",
+    "id_token",
+    "SESSION_COOKIE_AGE",
+    "login_required",
+    "AES",
+    "aes",
+    "RSA",
+    "hmac.new",
+    "cryptography.hazmat",
+    "private_key",
+    "Decrypt(",
+    "verify=",
+    "ssl.",
+    "-----BEGIN RSA PRIVATE KEY-----",
+    "stripe",
+    "charges.create",
+    "refund",
+    "amount",
+    "total",
+    "PaymentIntent",
+    '"Action":',
+    "kind: Deployment",
+    "iam:PassRole",
+    "has_perm",
+    "tokenizer",
+    "author",
+    "x",
+    "=",
+    "+",
+    "(",
+    ")",
+    ".",
+    "_",
+    "-",
+    " ",
+    "\n",
+    "é",
+    "'",
+    "#",
 ]
 
 

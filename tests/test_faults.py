@@ -27,7 +27,7 @@ import httpx
 import pytest
 import redis
 
-from bot.settings import Settings
+from bot.kernel.settings import Settings
 from policies.loading import load_policy
 from tests.edge_server import EdgeServer, fixture, headers_for
 from tests.fakes.github import FakeGitHub

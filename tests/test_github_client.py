@@ -1,4 +1,4 @@
-"""Drive bot.github through the real PyGithub and httpx against the loopback fake GitHub."""
+"""Drive workers.github through the real PyGithub and httpx against the loopback fake GitHub."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import (
+from bot.kernel.errors import (
     ConfigError,
     GitHubNotFound,
     GitHubPermission,
@@ -20,7 +20,9 @@ from bot.errors import (
     InputError,
     RateLimited,
 )
-from bot.github import (
+from bot.kernel.settings import Settings
+from tests.fakes.github import FakeGitHub, generate_private_key_pem
+from workers.github import (
     MAX_TEXT_CHARS,
     CheckRunInfo,
     CommentInfo,
@@ -31,8 +33,6 @@ from bot.github import (
     ReviewComment,
     decipher,
 )
-from bot.settings import Settings
-from tests.fakes.github import FakeGitHub, generate_private_key_pem
 
 REPO = "acme/shop"
 INSTALLATION = 4242
@@ -874,7 +874,7 @@ def failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 def test_refused_credentials_are_logged_as_errors_with_the_fix(
     fake: FakeGitHub, sleeps: Sleeps, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="bot.github")
+    caplog.set_level(logging.DEBUG, logger="workers.github")
     other = GitHubApp(
         app_id="999", private_key=fake.private_key_pem, base_url=fake.url, sleep=sleeps
     )
@@ -893,7 +893,7 @@ def test_refused_credentials_are_logged_as_errors_with_the_fix(
 def test_failures_are_warnings_and_an_absent_file_is_only_debug(
     fake: FakeGitHub, client: GitHubClient, sleeps: Sleeps, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="bot.github")
+    caplog.set_level(logging.DEBUG, logger="workers.github")
     assert client.default_branch_file(REPO, ".github/cibot.yml") is None
     (absent,) = failures(caplog)
     assert (absent.levelno, absent.__dict__["status"]) == (logging.DEBUG, 404)
@@ -919,7 +919,7 @@ def test_a_token_refused_once_is_reminted_without_an_error_line(
 ) -> None:
     client.pull(REPO, 7)
     fake.revoke_tokens()
-    caplog.set_level(logging.DEBUG, logger="bot.github")
+    caplog.set_level(logging.DEBUG, logger="workers.github")
     client.pull(REPO, 7)
     assert [r.levelno for r in failures(caplog)] == [logging.DEBUG]
 
@@ -955,7 +955,7 @@ def test_app_manifest_asks_for_exactly_what_the_client_uses() -> None:
 
 def test_clone_url_carries_the_token_for_github_and_enterprise() -> None:
     """The URL a worker fetches the PR head from: github.com, or an Enterprise host."""
-    from bot.github import GitHubClient
+    from workers.github import GitHubClient
 
     dotcom = GitHubClient.from_token(token="ghs_clone_token", base_url="https://api.github.com")
     ghe = GitHubClient.from_token(token="ghs_clone_token", base_url="https://ghe.example/api/v3")

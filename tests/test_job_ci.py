@@ -15,21 +15,20 @@ import pytest
 import sqlalchemy
 import yaml
 
-from bot.errors import GitHubValidation, InputError, InvalidOutput
-from bot.github import GitHubClient
+from bot.kernel.errors import GitHubValidation, InputError, InvalidOutput
+from bot.kernel.jobs import PUBLISH, RUN_JOB, JobRef
 from policies.evidence import Evidence
 from policies.loading import load_policy
 from policies.routing import route
+from policies.tokens import count
 from tests import test_pipeline
 from tests.fakes.github import FakeGitHub
 from tests.test_pipeline import DIFF, INSTALLATION, REPO, SHA, World
 from workers import logs, pipeline
-from workers.celery_app import PUBLISH, RUN_JOB
-from workers.job import JobRef
+from workers.github import GitHubClient
 from workers.jobs import ci
 from workers.ledger import SUCCEEDED, ModelCallRecord, job_key
 from workers.pipeline import Gathered, Outcome
-from workers.tokens import count
 
 # The pipeline tests' fixtures: the fakes, a Runtime built from the environment, a ledger.
 fakes = test_pipeline.fakes

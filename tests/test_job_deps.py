@@ -19,14 +19,13 @@ import sqlalchemy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.errors import GitHubNotFound, InputError
+from bot.kernel.errors import GitHubNotFound, InputError
+from bot.kernel.jobs import PUBLISH, RUN_JOB, JobRef
 from policies import deps as manifests
 from policies.evidence import parse_diff
 from tests import test_pipeline
 from tests.test_pipeline import DIFF, INSTALLATION, REPO, World
 from workers import pipeline
-from workers.celery_app import PUBLISH, RUN_JOB
-from workers.job import JobRef
 from workers.jobs import deps
 from workers.jobs.deps import Change, CheckoutSource, PullSource, Survey
 from workers.ledger import DROPPED, SUCCEEDED, ModelCallRecord, job_key

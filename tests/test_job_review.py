@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from bot.github import GitHubClient
-from bot.settings import Settings
+from bot.kernel.jobs import JobRef
+from bot.kernel.settings import Settings
 from policies.loading import load_policy
 from tests.fakes.github import Call, FakeGitHub, commentable_lines, files_from_diff
 from tests.fakes.model import FakeModelServer
@@ -26,7 +26,7 @@ from tests.test_pipeline import (
     write_policy,
 )
 from workers import packing, pipeline
-from workers.job import JobRef
+from workers.github import GitHubClient
 from workers.jobs import review
 from workers.ledger import SUCCEEDED, job_key
 from workers.pipeline import Deadline, Outcome, Runtime
@@ -379,7 +379,7 @@ def test_a_human_comment_with_a_forged_marker_does_not_suppress_a_finding(setup:
     key = review._digest("Loop per item.")
     setup.github.add_token("human-token", [REPO], login="mallory")
     with GitHubClient.from_token(token="human-token", base_url=setup.github.url) as human:
-        from bot.github import ReviewComment
+        from workers.github import ReviewComment
 
         human.create_review(
             REPO,
@@ -635,7 +635,7 @@ def test_the_labelled_diff_fits_a_small_window() -> None:
     """Labels cost tokens too: packing shrinks until the labelled prompt fits the window."""
     from policies.evidence import evidence_from_diff
     from policies.routing import Decision
-    from workers.tokens import count
+    from policies.tokens import count
 
     base = load_policy(None)
     policy = base.model_copy(

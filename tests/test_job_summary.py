@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bot.settings import Settings
+from bot.kernel.settings import Settings
 from policies.loading import load_policy
 from tests import test_pipeline
 from tests.test_pipeline import GOOD, REPO, World, environment, write_policy

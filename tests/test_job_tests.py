@@ -19,13 +19,13 @@ from typing import Any
 import git
 import pytest
 
-from bot.errors import InputError, SandboxError
+from bot.kernel.errors import InputError, SandboxError
+from bot.kernel.jobs import JobRef
 from policies.evidence import FileChange, parse_diff
 from policies.routing import route
 from tests import test_pipeline
 from tests.test_pipeline import INSTALLATION, LOCAL_ID, REPO, World
 from workers import pipeline, sandbox
-from workers.job import JobRef
 from workers.jobs import tests as job
 from workers.ledger import FAILED, SUCCEEDED, job_key
 from workers.pipeline import Outcome

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from bot.errors import ConfigError
-from workers.job import JobRef
+from bot.kernel.errors import ConfigError
+from bot.kernel.jobs import JobRef
 from workers.ledger import (
     FAILED,
     HELD,

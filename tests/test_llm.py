@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from bot.errors import (
+from bot.kernel.errors import (
     TRANSIENT,
     BudgetExhausted,
     ConfigError,
@@ -23,7 +23,7 @@ from bot.errors import (
     ModelUnavailable,
     PrivateTierDown,
 )
-from bot.settings import Settings
+from bot.kernel.settings import Settings
 from policies.costs import private_call_cost
 from policies.loading import default_policy_text, load_policy, parse_yaml
 from policies.model import Policy, TierPrice

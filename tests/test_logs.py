@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import InputError
+from bot.kernel.errors import InputError
+from policies.tokens import count
 from workers import logs
 from workers.logs import TrimmedLog, clean, paths_in, trim
-from workers.tokens import count
 
 LOGS = Path(__file__).parent / "fixtures" / "logs"
 FIXTURES = sorted(LOGS.glob("*.log"))

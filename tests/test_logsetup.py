@@ -1,4 +1,4 @@
-"""Render log records through bot.logsetup: the formats, the fields, the masking."""
+"""Render log records through bot.kernel.logsetup: the formats, the fields, the masking."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from bot import logsetup
+from bot.kernel import logsetup
 
 
 def record(msg: str = "delivery answered", **extra: object) -> logging.LogRecord:

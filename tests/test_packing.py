@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 from unidiff.patch import PatchSet
 
-from bot.errors import InputError
+from bot.kernel.errors import InputError
 from policies.detectors import Reason
 from policies.evidence import evidence_from_diff
 from policies.loading import load_policy
 from policies.routing import route
+from policies.tokens import count
 from workers import pipeline
 from workers.jobs import ci, deps, review, summary
 from workers.jobs import tests as tests_job
@@ -28,7 +29,6 @@ from workers.packing import (
     flags,
     pack,
 )
-from workers.tokens import count
 
 DIFFS = Path(__file__).parent / "fixtures" / "diffs"
 FIVE = (DIFFS / "packing_five_hunks.diff").read_text(encoding="utf-8")

@@ -15,7 +15,7 @@ import redis
 import sqlalchemy as sa
 import yaml
 
-from bot.errors import (
+from bot.kernel.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     ConfigError,
@@ -24,14 +24,13 @@ from bot.errors import (
     PrivateTierDown,
     describe,
 )
-from bot.settings import Settings
+from bot.kernel.jobs import PUBLISH, RUN_JOB, JobRef, head_key
+from bot.kernel.settings import Settings
 from policies.loading import default_policy_text, load_policy, parse_yaml
 from policies.model import Policy
 from tests.fakes.github import FakeGitHub
 from tests.fakes.model import FakeModelServer
 from workers import pipeline
-from workers.celery_app import PUBLISH, RUN_JOB
-from workers.job import JobRef
 from workers.ledger import FAILED, HELD, SUCCEEDED, Step, job_key
 from workers.llm import ModelClient
 from workers.pipeline import Deadline, Outcome, Runtime
@@ -275,7 +274,7 @@ def test_a_lost_publish_is_sent_again_without_calling_the_model(world: World) ->
 def test_a_superseded_job_is_dropped_before_any_work(world: World) -> None:
     """A debounced job whose head moved on does nothing but record the drop."""
     ref = world.ref(supersede=True)
-    world.rt.redis.set(pipeline.head_key(REPO, 7), "2" * 40)
+    world.rt.redis.set(head_key(REPO, 7), "2" * 40)
     before = len(world.github.calls)
     assert pipeline.dispatch(ref, world.rt) is Outcome.STALE
     assert len(world.github.calls) == before
@@ -288,10 +287,10 @@ def test_a_job_superseded_while_running_is_not_published(world: World) -> None:
     """A newer push between compute and publish stops the old summary from posting."""
     world.local.script(reply=GOOD)
     ref = world.ref(supersede=True)
-    world.rt.redis.set(pipeline.head_key(REPO, 7), SHA)
+    world.rt.redis.set(head_key(REPO, 7), SHA)
     pipeline.dispatch(ref, world.rt)
     pipeline.run_job(ref, world.rt, deadline=Deadline(60))
-    world.rt.redis.set(pipeline.head_key(REPO, 7), "3" * 40)
+    world.rt.redis.set(head_key(REPO, 7), "3" * 40)
     assert pipeline.publish(ref, world.rt) is Outcome.STALE
     assert world.comments() == []
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bot.errors import ConfigError
-from bot.settings import Settings
+from bot.kernel.errors import ConfigError
+from bot.kernel.settings import Settings
 from policies.evidence import Evidence, FileChange
 from policies.loading import (
     build_policy,

@@ -8,8 +8,8 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bot.errors import InputError
-from bot.settings import TierOverride
+from bot.kernel.errors import InputError
+from bot.kernel.settings import TierOverride
 from policies import deps
 from policies.evidence import CiFacts, Evidence, FileChange, parse_diff
 from policies.evidence import TestFacts as RunFacts

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import redis
 
-from bot.errors import ModelError, PrivateTierDown
+from bot.kernel.errors import ModelError, PrivateTierDown
+from bot.kernel.jobs import GRACE_S
 from policies.model import Policy
 from tests.test_pipeline import DIFF, GOOD, INSTALLATION, REPO, World, fakes, world
 from workers import journal, pipeline
@@ -308,7 +309,7 @@ def test_a_message_lost_on_its_way_to_a_worker_is_sent_again(redis_url: str) -> 
     client.hset(outbox.UNACKED, "tag-3", json.dumps([json.loads(messages[taken]), "", "local"]))
     client.delete("github")  # the publish step ran and finished...
     outbox.done(client, finished)  # ...and dropped its message from the outbox
-    later = time.time() + outbox.GRACE_S + 1
+    later = time.time() + GRACE_S + 1
     assert outbox.sweep(client, now=later) == 1
     ids = [json.loads(m)["headers"]["id"] for m in client.lrange("local", 0, -1)]
     assert sorted(ids) == sorted([queued, lost])

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from bot import cli, replay
-from bot.errors import ConfigError, InputError
+from bot import cli
+from bot.kernel.errors import ConfigError, InputError
 from policies.loading import build_policy, default_policy_text, load_policy, parse_yaml
 from policies.model import Policy
 from policies.routing import route
 from tests.fakes.model import FakeModelServer, prompt_text
 from tests.test_capture import finding, gathered, pull, ref, summary_reply
-from workers import sandbox
+from workers import replay, sandbox
 from workers.capture import Capture, check_context
 from workers.jobs import review, summary, tests
 from workers.pipeline import Gathered

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from bot.kernel.jobs import JobRef
 from policies.loading import load_policy
 from policies.model import Policy
-from workers.job import JobRef
 from workers.ledger import FAILED, SUCCEEDED, CallInput, JobResult, Ledger, OutcomeRow
 from workers.report import compute_report, parse_when, render_text
 

@@ -325,9 +325,9 @@ def test_a_piped_diff_needs_no_diff_flag(results: dict[str, Result]) -> None:
 
 def test_tokens_are_counted_exactly_only_near_a_context_window() -> None:
     from bot.decide import exact_near_windows
+    from policies import tokens
     from policies.evidence import evidence_from_diff, packed_estimate
     from policies.loading import load_policy
-    from workers import tokens
 
     policy = load_policy()
     small = evidence_from_diff(Path(PLAIN).read_bytes())

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bot.errors import InputError
+from bot.kernel.errors import InputError
 from policies.evidence import CiFacts, Evidence, FileChange
 from policies.evidence import TestFacts as RunFacts
 from policies.loading import build_policy, default_policy_text, parse_yaml

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import SandboxError
+from bot.kernel.errors import SandboxError
 from workers import sandbox
 
 PY = sys.executable

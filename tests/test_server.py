@@ -17,17 +17,16 @@ import httpx
 import pytest
 import redis
 
-from bot.errors import ConfigError
-from bot.events import SUPERSEDE
-from bot.intake import CeleryBroker, Intake, Message, head_key
+from bot.intake import CeleryBroker, Intake, Message
+from bot.kernel.errors import ConfigError
+from bot.kernel.jobs import SUPERSEDE, JobRef, head_key
+from bot.kernel.settings import Settings
 from bot.server import create_app
-from bot.settings import Settings
 from bot.spool import Spool
 from bot.webhooks import MAX_BODY_BYTES, sign
 from policies.loading import load_policy
 from tests.edge_server import SECRET, EdgeServer, delivery, fixture, headers_for, queued
 from tests.services import RedisServer, free_port, wait_for_port
-from workers.job import JobRef
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.intake import CeleryBroker, Intake, Message
-from bot.settings import Settings
+from bot.kernel.settings import Settings
 from bot.spool import Spool
 from bot.webhooks import sign
 from policies.loading import load_policy

@@ -35,7 +35,10 @@ def test_ci_runs_the_readmes_test_command_word_for_word() -> None:
     assert "requirements-dev.lock" in test and "pytest" in test
     extracted = subprocess.run(
         ["bash", "-c", "sed -n '/^cmd=\"\\$(awk/,/README.md)\"$/p' .ci/run"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "README.md" in extracted, ".ci/run no longer reads its command from the README"
     awk = re.search(r"awk '(.*?)' README.md", extracted, re.S)
@@ -83,12 +86,27 @@ def test_the_readmes_route_example_is_the_real_output() -> None:
     import json
 
     readme = (ROOT / "README.md").read_text()
-    block = re.search(r"With\s+`--json` the command prints exactly:\n\n```json\n(.*?)```", readme, re.S)
+    block = re.search(
+        r"With\s+`--json` the command prints exactly:\n\n```json\n(.*?)```", readme, re.S
+    )
     assert block is not None, "the README lost its `cibot route --json` example"
     shown = json.loads(block.group(1))
     diff = ROOT / "tests" / "fixtures" / "readme" / "permission-check.diff"
     out = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "route", "--diff", str(diff), "--task", "review", "--json"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "bot.cli",
+            "route",
+            "--diff",
+            str(diff),
+            "--task",
+            "review",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert json.loads(out) == shown

@@ -11,20 +11,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from bot.events import SUPERSEDE
-from bot.intake import (
-    DEDUPE_TTL_SECONDS,
-    CeleryBroker,
-    Intake,
-    Message,
-    Outcome,
-    delivery_key,
-    head_key,
-)
+from bot.intake import DEDUPE_TTL_SECONDS, CeleryBroker, Intake, Message, Outcome, delivery_key
+from bot.kernel.jobs import SUPERSEDE, JobRef, head_key
 from bot.spool import Spool, task_id
 from tests.edge_server import queued
 from tests.services import RedisServer
-from workers.job import JobRef
 
 
 def job(n: int = 1, task: str = "summary", **args: str | int | bool) -> JobRef:

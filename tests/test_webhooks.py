@@ -10,14 +10,14 @@ from urllib.parse import urlencode
 
 import pytest
 
-from bot.errors import PayloadError, PayloadTooLarge, SignatureError
-from bot.events import SUPERSEDE, Context, Router, is_bot
+from bot.events import Context, Router, is_bot
+from bot.kernel.errors import PayloadError, PayloadTooLarge, SignatureError
+from bot.kernel.jobs import SUPERSEDE, JobRef
 from bot.server import ROUTER
 from bot.webhooks import MAX_BODY_BYTES, Event, check_size, parse, sign, verify_signature
 from policies.loading import build_policy, default_policy_text, parse_yaml
 from policies.model import Policy
 from tests.edge_server import FIXTURES, SECRET, fixture, headers_for
-from workers.job import JobRef
 
 HEAD = "ec26c3e57ca3a959ca5aad62de7213c562f8c821"
 

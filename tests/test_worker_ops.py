@@ -23,11 +23,12 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.intake import CeleryBroker, Message
+from bot.kernel.jobs import JobRef
 from tests.fakes.github import FakeGitHub, generate_private_key_pem
 from tests.fakes.model import FakeModelServer
 from tests.services import RedisServer, free_port
 from tests.test_pipeline import DIFF, GOOD, INSTALLATION, LOCAL_ID, REPO, environment, write_policy
-from workers.job import JobRef
+from workers import celery_app
 from workers.ledger import FAILED, SUCCEEDED, Ledger, job_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -476,8 +477,8 @@ def test_preflight_names_what_to_set_before_a_worker_takes_work(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from bot.errors import ConfigError
-    from bot.settings import Settings
+    from bot.kernel.errors import ConfigError
+    from bot.kernel.settings import Settings
     from policies.loading import load_policy
     from workers import startup
 
@@ -499,7 +500,7 @@ def test_preflight_names_what_to_set_before_a_worker_takes_work(
             startup.check_port_free("127.0.0.1", holder.getsockname()[1])
     monkeypatch.setenv("CIBOT_LOG_FORMAT", "yaml")
     with pytest.raises(SystemExit) as stopped:
-        startup.app_from_env()
+        celery_app.app_from_env()
     assert stopped.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("cibot worker: CIBOT_LOG_FORMAT='yaml' is not valid")

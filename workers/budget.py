@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from bot.errors import BudgetExhausted
+from bot.kernel.errors import BudgetExhausted
 
 log = logging.getLogger("cibot.budget")
 

@@ -35,11 +35,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bot.errors import CibotError, ConfigError
-from bot.settings import Settings
+from bot.kernel.errors import CibotError, ConfigError
+from bot.kernel.jobs import MODEL_TASKS, JobRef
+from bot.kernel.settings import Settings
 from policies.evidence import Evidence
 from policies.model import Policy
-from workers.job import MODEL_TASKS, JobRef
 from workers.redaction import redact
 
 log = logging.getLogger("cibot.capture")
@@ -413,7 +413,7 @@ class _Path:
 
 def gathered_for(captured: Captured, policy: Policy) -> Any:
     """Rebuild the part of a job's Gathered its validator reads, from a capture's check."""
-    from workers.pipeline import Gathered
+    from workers.jobs.contract import Gathered
 
     check, task = captured.check, captured.task
     extra: dict[str, Any] = {}

@@ -20,113 +20,14 @@ the ``CIBOT_*`` environment on first access (never at import), with the worker h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
 from typing import Any
 
-from bot.settings import Settings
+from bot.kernel.errors import CibotError
+from bot.kernel.jobs import DISPATCH, GITHUB, PUBLISH, RUN_TESTS, SANDBOX
+from bot.kernel.settings import Settings
 from policies.model import Policy
-from workers.leases import LEASE_S, RESTORE_S
-
-EXTERNAL = "external"
-GITHUB = "github"
-SANDBOX = "sandbox"
-
-DISPATCH = "cibot.dispatch"
-RUN_JOB = "cibot.run_job"
-PUBLISH = "cibot.publish"
-RUN_TESTS = "cibot.run_tests"  # reserved for the sandbox job (generated tests)
-
-GITHUB_STEP_S = 120.0  # dispatch and publish: a few GitHub calls with their own retries
-
-
-@dataclass(frozen=True)
-class Limit:
-    """Hold one task type's soft and hard time limits, in seconds."""
-
-    soft: float
-    hard: float
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Hold every time limit, the message and lock lease, and the retry pacing."""
-
-    job: Limit
-    github: Limit
-    sandbox: Limit
-    visibility_timeout: float  # the lease on an unacked message, renewed while its holder lives
-    restore_interval: float
-    retry_max_delay: float
-    max_retries: int
-    lease_s: float = LEASE_S  # the job lock's lease, renewed the same way
-
-    @classmethod
-    def from_policy(
-        cls,
-        policy: Policy,
-        *,
-        max_job_s: float | None = None,
-        retry_max_delay_s: float = 300.0,
-        max_retries: int = 12,
-    ) -> Timing:
-        """Derive limits: by default a job may try its tier twice and escalate once."""
-        longest = max(tier.timeout_s for tier in policy.tiers.values())
-        job = _limit(max_job_s if max_job_s is not None else 3 * longest + 60)
-        github = _limit(min(GITHUB_STEP_S, job.soft))
-        sandbox = job
-        return cls(
-            job=job,
-            github=github,
-            sandbox=sandbox,
-            visibility_timeout=LEASE_S,
-            restore_interval=RESTORE_S,
-            # A retry's ETA wait is renewed like a running job, so it may be long.
-            retry_max_delay=retry_max_delay_s,
-            max_retries=max_retries,
-        )
-
-    def limit_for(self, task_name: str) -> Limit:
-        """Return the limit of one task type."""
-        if task_name == RUN_JOB:
-            return self.job
-        if task_name == RUN_TESTS:
-            return self.sandbox
-        return self.github
-
-
-def _limit(soft: float) -> Limit:
-    """Give a soft limit a hard one: ten percent more, at least two seconds."""
-    return Limit(soft=soft, hard=soft + max(2.0, soft / 10))
-
-
-def model_queues(policy: Policy) -> list[str]:
-    """Return the queues that talk to models: one per private tier, then ``external``."""
-    queues = policy.private_tiers()
-    if any(not spec.private for spec in policy.tiers.values()):
-        queues.append(EXTERNAL)
-    return queues
-
-
-def all_queues(policy: Policy) -> list[str]:
-    """Return every queue the app declares."""
-    return [*model_queues(policy), GITHUB, SANDBOX]
-
-
-def queue_for_tier(tier: str, policy: Policy) -> str:
-    """Return the queue a job for ``tier`` runs on."""
-    spec = policy.tiers.get(tier)
-    return tier if spec is not None and spec.private else EXTERNAL
-
-
-def queue_concurrency(queue: str, policy: Policy) -> int:
-    """Return the thread count that keeps a queue's model slots full (and no more)."""
-    if queue in policy.tiers and policy.tiers[queue].private:
-        return policy.tiers[queue].max_concurrency
-    if queue == EXTERNAL:
-        return sum(spec.max_concurrency for spec in policy.tiers.values() if not spec.private)
-    if queue == SANDBOX:
-        return 2
-    return 8
+from workers.queues import Timing, all_queues
 
 
 def create_app(settings: Settings, policy: Policy, *, timing: Timing | None = None) -> Any:
@@ -176,12 +77,32 @@ def create_app(settings: Settings, policy: Policy, *, timing: Timing | None = No
     return app
 
 
+def app_from_env() -> Any:
+    """Build the app ``celery -A workers.celery_app`` runs, from the CIBOT_* environment.
+
+    A configuration error is one line on stderr and exit code 2, before Celery starts.
+    """
+    from policies.loading import load_policy
+    from workers.startup import install
+
+    try:
+        settings = Settings.from_env()
+        policy = load_policy(settings.policy_path, overrides=settings.tier_overrides)
+        app = create_app(settings, policy)
+    except CibotError as exc:
+        print(f"cibot worker: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    install(app, settings, policy)
+    return app
+
+
+# ---- the checks -------------------------------------------------------------------------------
+
+
 def __getattr__(name: str) -> Any:
     """Build ``app`` on first access, for ``celery -A workers.celery_app``."""
     if name != "app":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from workers.startup import app_from_env
-
     built = app_from_env()
     globals()["app"] = built
     return built

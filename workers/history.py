@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from bot.errors import InputError
+from bot.kernel.errors import InputError
 from policies import deps
 from policies.costs import SECONDS_PER_MONTH, api_call_cost, rung_economics
 from policies.evidence import Evidence, FileChange, evidence_from_diff

@@ -48,8 +48,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from bot.errors import ConfigError
-from workers.job import JobRef
+from bot.kernel.errors import ConfigError
+from bot.kernel.jobs import JobRef
 
 log = logging.getLogger(__name__)
 

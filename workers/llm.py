@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from bot.errors import (
+from bot.kernel.errors import (
     BudgetExhausted,
     CibotError,
     ConfigError,
@@ -33,10 +33,11 @@ from bot.errors import (
     ModelUnavailable,
     PrivateTierDown,
 )
-from bot.settings import Settings
+from bot.kernel.settings import Settings
+from policies import tokens
 from policies.costs import api_call_cost, private_call_cost
 from policies.model import Policy, Tier, TierPrice
-from workers import metrics, tokens
+from workers import metrics
 from workers.redaction import redact
 
 log = logging.getLogger("cibot.llm")
@@ -188,7 +189,7 @@ def _litellm() -> Any:
 
 
 # litellm gives these loggers handlers and formats of its own; cibot's logging setup
-# (bot.logsetup) should print their lines like every other, and only from WARNING up.
+# (bot.kernel.logsetup) should print their lines like every other, and only from WARNING up.
 LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy")
 
 

@@ -24,8 +24,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from bot.errors import InputError
-from workers.tokens import count
+from bot.kernel.errors import InputError
+from policies.tokens import count
 
 BLOCK_BYTES = 1 << 20  # decode and scan the log a megabyte at a time
 MAX_CARRY = 1 << 20  # a "line" longer than this with no newline is cut into pieces

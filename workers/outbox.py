@@ -17,17 +17,14 @@ between the two kombu steps) does no harm.
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 import uuid
 from typing import Any
 
-OUTBOX = "cibot:outbox"
-DUE = "cibot:outbox:due"
+from bot.kernel.jobs import DUE, GRACE_S, OUTBOX, envelope
+
 SWEEP_LOCK = "cibot:outbox:sweeping"
 UNACKED = "unacked"  # kombu's Redis transport default ``unacked_key``
-GRACE_S = 60.0  # how long a message may be out of sight (taken, not yet unacked) before a resend
 SWEEP_S = 10.0
 SWEEP_BATCH = 200
 
@@ -74,45 +71,6 @@ for id, entry in pairs(wanted) do
 end
 return pushed
 """
-
-
-def envelope(
-    app: Any,
-    name: str,
-    queue: str,
-    kwargs: dict[str, Any],
-    *,
-    task_id: str,
-    countdown: float | None = None,
-    kwargsrepr: str | None = None,
-) -> str:
-    """Return the kombu Redis envelope of a Celery protocol-2 message, as send_task builds it."""
-    built = app.amqp.as_task_v2(
-        task_id,
-        name,
-        args=(),
-        kwargs=kwargs,
-        countdown=countdown or None,
-        argsrepr="()",
-        kwargsrepr=kwargsrepr if kwargsrepr is not None else repr(kwargs),
-    )
-    body = json.dumps(built.body).encode("utf-8")
-    return json.dumps(
-        {
-            "body": base64.b64encode(body).decode("ascii"),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": built.headers,
-            "properties": {
-                **built.properties,
-                "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": queue},
-                "priority": 0,
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-            },
-        }
-    )
 
 
 def send(client: Any, app: Any, name: str, kwargs: dict[str, Any], queue: str) -> str:

@@ -46,9 +46,9 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from unidiff.errors import UnidiffParseError
 from unidiff.patch import PatchSet
 
-from bot.errors import InputError
+from bot.kernel.errors import InputError
 from policies.evidence import file_kind
-from workers.tokens import count
+from policies.tokens import count
 
 if TYPE_CHECKING:
     from policies.detectors import Reason as RouteReason

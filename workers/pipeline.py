@@ -26,19 +26,16 @@ import hashlib
 import importlib
 import json
 import logging
-import os
-import secrets
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
-from bot import logsetup
-from bot.errors import (
+from bot.kernel import logsetup
+from bot.kernel.errors import (
     CibotError,
     ConfigError,
     InputError,
@@ -49,23 +46,36 @@ from bot.errors import (
     PrivateTierDown,
     describe,
 )
-from bot.settings import Settings
-from policies.evidence import Evidence
+from bot.kernel.jobs import (
+    EDGE_TASKS,
+    GITHUB,
+    MODEL_TASKS,
+    PUBLISH,
+    RUN_JOB,
+    SUPERSEDE,
+    JobRef,
+    head_key,
+)
 from policies.loading import REPO_SOURCE, merge_repo_config
 from policies.model import Policy, TaskPolicy
 from policies.routing import Decision, route
-from workers import capture, journal, leases, redaction
-from workers.capture import Capture
-from workers.celery_app import GITHUB, PUBLISH, RUN_JOB, queue_for_tier
-from workers.job import EDGE_TASKS, MODEL_TASKS, JobRef
+from workers import capture, journal, redaction
+from workers.jobs.contract import (
+    Gathered,
+    GitHubPort,
+    JobModule,
+    ModelPort,
+    ModelRequest,
+    log_fields,
+)
 from workers.journal import Journal
-from workers.leases import Leases
-from workers.ledger import FAILED, SUCCEEDED, CallInput, JobResult, Ledger, job_key
+from workers.ledger import FAILED, SUCCEEDED, CallInput, JobResult, job_key
+from workers.queues import queue_for_tier
+from workers.runtime import Runtime
 from workers.shadow import ShadowGitHub, shadowed
 
 log = logging.getLogger("cibot.pipeline")
 
-SUPERSEDE = "supersede"  # JobRef arg set by the edge on debounced jobs (bot.events)
 RESULT_TTL_S = 7 * 24 * 3600
 DONE_TTL_S = 30 * 24 * 3600
 PUBLISH_LOCK_TTL_S = 60
@@ -144,165 +154,6 @@ class Outcome(StrEnum):
     IGNORED = "ignored"  # no job module, or the task is disabled
 
 
-# ---- the ports the pipeline talks through ---------------------------------------------------
-
-
-class GitHubPort(Protocol):
-    """The part of bot.github.GitHubClient the pipeline and jobs use."""
-
-    def pull(self, repo: str, number: int) -> Any:
-        """Return PullInfo."""
-
-    def pull_diff(self, repo: str, number: int) -> str:
-        """Return the PR's unified diff."""
-
-    def pull_files(self, repo: str, number: int) -> list[Any]:
-        """Return the PR's FileInfo list."""
-
-    def default_branch_file(self, repo: str, path: str) -> str | None:
-        """Return a file from the default branch, or None."""
-
-    def upsert_comment(self, repo: str, number: int, *, marker: str, body: str) -> int:
-        """Edit the comment carrying ``marker`` or create it; return its id."""
-
-    def comment_reactions(self, repo: str, comment_id: int) -> dict[str, int]:
-        """Return reaction counts on an issue comment."""
-
-    def close(self) -> None:
-        """Release connections."""
-
-
-class ModelPort(Protocol):
-    """The part of workers.llm.ModelClient the pipeline uses."""
-
-    def complete(
-        self,
-        tier: str,
-        messages: Sequence[Mapping[str, Any]],
-        *,
-        schema: dict[str, Any] | None = None,
-        validate: Callable[[Any], None] | None = None,
-        private_only: bool,
-        installation_id: int,
-        task: str = "",
-        delivery_id: str = "",
-        reason: str | None = None,
-    ) -> Any:
-        """Return a Completion (.text, .data, .tier, .model, .calls, .fallbacks, ...)."""
-
-
-@dataclass(frozen=True)
-class Gathered:
-    """Hold what a job read from GitHub: the PR, its diff, and the routing evidence."""
-
-    pull: Any
-    diff: str
-    evidence: Evidence
-    policy: Policy
-    files: tuple[Any, ...] = ()
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ModelRequest:
-    """Hold one model request: messages, an optional JSON schema and a validator."""
-
-    messages: list[dict[str, str]]
-    schema: dict[str, Any] | None = None
-    validate: Callable[[Any], None] | None = None
-
-
-class JobModule(Protocol):
-    """The shape of a model job module in ``workers/jobs/`` (see workers.jobs.summary)."""
-
-    MARKER: str
-    SUPERSEDABLE: bool
-
-    def gather(self, github: GitHubPort, ref: JobRef, policy: Policy) -> Gathered:
-        """Read the PR and build the routing evidence."""
-
-    def request(self, gathered: Gathered, decision: Decision) -> ModelRequest:
-        """Pack the prompt for the decided tier."""
-
-    def validate(self, gathered: Gathered, data: Any) -> None:
-        """Raise ValueError when the reply is not usable (unanchored, empty)."""
-
-    def render(
-        self, gathered: Gathered, decision: Decision, completion: Any, cost_usd: float
-    ) -> dict[str, Any]:
-        """Return the JSON-safe payload to publish."""
-
-    def publish(self, github: GitHubPort, ref: JobRef, payload: Mapping[str, Any]) -> int:
-        """Post the payload (upsert by marker); return the posted object's id."""
-
-
-@dataclass
-class Runtime:
-    """Hold one worker process's adapters; built once, shared by its threads."""
-
-    settings: Settings
-    policy: Policy
-    redis: Any
-    ledger: Ledger
-    github: Callable[[int], GitHubPort]
-    model: Callable[[Callable[[Any], None]], ModelPort]
-    send: Callable[[str, JobRef, str], None]
-    lock_ttl_s: float
-    spent: Callable[[int], float] = lambda _installation_id: 0.0
-    closers: list[Callable[[], None]] = field(default_factory=list)
-    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-    # Renews the job locks this process holds, so they expire with it (workers.leases).
-    leases: Leases | None = None
-    # Opt-in, private record of prompts and replies for `cibot replay` (workers.capture).
-    capture: Capture | None = None
-
-    @classmethod
-    def build(
-        cls,
-        settings: Settings,
-        policy: Policy,
-        *,
-        send: Callable[[str, JobRef, str], None],
-        lock_ttl_s: float,
-    ) -> Runtime:
-        """Connect the real adapters: Redis, the ledger, the GitHub App and the model client."""
-        import redis
-
-        from bot.github import GitHubApp
-        from workers.budget import Budget
-        from workers.llm import ModelClient
-
-        app = GitHubApp.from_settings(settings)
-        budget = Budget(settings.redis_url)
-        client = redis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=10,
-            socket_connect_timeout=5,
-            health_check_interval=30,
-        )
-        ledger = Ledger(settings.database_url)
-        return cls(
-            leases=leases.for_process(lambda: client),
-            capture=Capture.from_settings(settings),
-            settings=settings,
-            policy=policy,
-            redis=client,
-            ledger=ledger,
-            github=lambda installation_id: app.client(installation_id=installation_id),
-            model=lambda recorder: ModelClient(policy, settings, budget, recorder=recorder),
-            send=send,
-            lock_ttl_s=lock_ttl_s,
-            spent=budget.spent,
-            closers=[client.close, budget.close, ledger.close, app.close],
-        )
-
-    def close(self) -> None:
-        """Close every connection the runtime opened."""
-        for close in self.closers:
-            with contextlib.suppress(Exception):
-                close()
-
-
 @dataclass
 class Deadline:
     """Enforce a soft time limit between steps (thread pools cannot interrupt a task)."""
@@ -339,27 +190,9 @@ def warm_up(policy: Policy) -> None:
 # ---- small helpers --------------------------------------------------------------------------
 
 
-def log_fields(ref: JobRef, tier: str = "", **extra: Any) -> dict[str, Any]:
-    """Return the structured log fields every line carries."""
-    return {
-        "delivery_id": ref.delivery_id,
-        "installation_id": ref.installation_id,
-        "task": ref.task,
-        "tier": tier,
-        "repo": ref.repo,
-        "pr": ref.pr_number,
-        **extra,
-    }
-
-
 def state_key(ref: JobRef, part: str) -> str:
     """Return the Redis key holding one piece of a job's state."""
     return f"cibot:job:{job_key(ref)}:{part}"
-
-
-def head_key(repo: str, pr_number: int) -> str:
-    """Return the edge's newest-head key for a PR (the contract in bot.intake)."""
-    return f"cibot:head:{repo}#{pr_number}"
 
 
 def github_for(rt: Runtime, ref: JobRef, *, shadow: bool = False) -> ShadowGitHub:
@@ -470,7 +303,7 @@ def _tell_config_errors(
     lines = "\n".join(f"- {str(error)[:300]}" for error in errors[:10])
     body = CONFIG_TEMPLATE.format(source=REPO_SOURCE, errors=lines, marker=CONFIG_MARKER)
     try:
-        github.upsert_comment(ref.repo, _pr(ref), marker=CONFIG_MARKER, body=body)
+        github.upsert_comment(ref.repo, ref.pr(), marker=CONFIG_MARKER, body=body)
     except CibotError as exc:
         rt.redis.delete(once)  # say it next time instead
         log.warning("config note not posted", extra=log_fields(ref, error=str(exc)))
@@ -576,7 +409,7 @@ def _publish_human(
     """Tell the PR a person must do this one, and close the job on the human tier."""
     reasons = "\n".join(f"- `{r.trigger}`: {r.evidence}" for r in decision.reasons)
     body = HUMAN_TEMPLATE.format(task=ref.task, reasons=reasons, marker=job.MARKER)
-    comment_id = github.upsert_comment(ref.repo, _pr(ref), marker=job.MARKER, body=body)
+    comment_id = github.upsert_comment(ref.repo, ref.pr(), marker=job.MARKER, body=body)
     rt.ledger.finish_job(ref, _result(github, tier="human", model="human", comment_id=comment_id))
     rt.redis.set(state_key(ref, "done"), "1", ex=DONE_TTL_S)
     return Outcome.PUBLISHED
@@ -596,13 +429,6 @@ def _result(
         would_post=github.note(),
         post_removals=removed + sum(getattr(github, "removed", {}).values()),
     )
-
-
-def _pr(ref: JobRef) -> int:
-    """Return the job's PR number, which every model job has."""
-    if ref.pr_number is None:
-        raise ConfigError(f"job {job_key(ref)} has no pull request number", key="pr_number")
-    return ref.pr_number
 
 
 # ---- run_job --------------------------------------------------------------------------------
@@ -724,12 +550,7 @@ def _scrub_echoes(payload: dict[str, Any], gathered: Gathered) -> dict[str, Any]
     key or shape gives it away any more; the values found in the inputs find it anyway.
     The count joins the ledger's post_removals.
     """
-    texts = [
-        gathered.diff,
-        str(getattr(gathered.pull, "title", "")),
-        str(getattr(gathered.pull, "body", "")),
-    ]
-    texts += [v for v in gathered.extra.values() if isinstance(v, str)]
+    texts = gathered.texts()
     values = frozenset().union(*(redaction.secret_values(t) for t in texts if t))
     if not values:
         return payload
@@ -824,7 +645,7 @@ def _hold(ref: JobRef, rt: Runtime, job: JobModule, github: GitHubPort, exc: Exc
     )
     try:
         if not rt.redis.exists(state_key(ref, "waiting")):
-            github.upsert_comment(ref.repo, _pr(ref), marker=job.MARKER, body=body)
+            github.upsert_comment(ref.repo, ref.pr(), marker=job.MARKER, body=body)
             rt.redis.set(state_key(ref, "waiting"), "1", ex=DONE_TTL_S)
     except CibotError as error:
         log.warning("waiting note not posted", extra=log_fields(ref, error=str(error)))
@@ -889,7 +710,7 @@ TOLD_ON_REQUEST = (*TOLD, InputError)
 def fail(ref: JobRef, rt: Runtime, exc: BaseException) -> None:
     """Record a job's permanent failure with its reason, and tell the PR when it helps.
 
-    The reason is a sentence for people (``bot.errors.describe``), never a class name; the
+    The reason is a sentence for people (``bot.kernel.errors.describe``), never a class name; the
     ledger's ``error_kind`` keeps the class for queries, and the traceback stays in the log.
     """
     reason = describe(exc).what[:200]
@@ -934,16 +755,6 @@ def _tier_path(ref: JobRef, rt: Runtime) -> str:
     """Return the tier path the ledger recorded for the job, or an empty string."""
     row = rt.ledger.job(job_key(ref))
     return str(row["tier_path"]) if row else ""
-
-
-def now() -> datetime:
-    """Return the current UTC time."""
-    return datetime.now(UTC)
-
-
-def nonce() -> str:
-    """Return an unguessable tag for delimiting untrusted text in prompts."""
-    return secrets.token_hex(6)
 
 
 def _nothing_to_do(ref: JobRef, rt: Runtime, exc: NothingToDo, reason: str) -> None:

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import IO, Any
 
-from bot.errors import ConfigError, InputError
+from bot.kernel.errors import ConfigError, InputError
 from policies.costs import (
     SECONDS_PER_MONTH,
     bought_monthly,
@@ -1052,7 +1052,7 @@ def load_report(
 
 def run(args: argparse.Namespace) -> int:
     """Read the ledger named by CIBOT_DATABASE_URL and print the report or a ``--by`` view."""
-    from bot.settings import Settings
+    from bot.kernel.settings import Settings
     from policies.loading import load_policy
     from workers.ledger import Ledger
 

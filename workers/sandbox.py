@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.errors import SandboxError
+from bot.kernel.errors import SandboxError
 
 log = logging.getLogger("cibot.sandbox")
 

@@ -9,7 +9,7 @@ process cibot's setup (https://docs.celeryq.dev/en/stable/userguide/signals.html
   preflight checks (GitHub App id and key, Redis, the ledger), then the metrics
   endpoint. A check that fails logs one CRITICAL line saying what to set and exits with
   code 2, so the orchestrator sees a configuration error instead of a restart loop.
-- ``setup_logging``: cibot's structlog setup (``bot.logsetup``) instead of Celery's own.
+- ``setup_logging``: cibot's structlog setup (``bot.kernel.logsetup``) instead of Celery's own.
 - ``worker_ready`` / ``worker_shutting_down``: what ``GET /healthz`` on the metrics port says.
 - ``worker_process_shutdown`` (prefork children): retire the child's multiprocess series.
 """
@@ -19,18 +19,18 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot import logsetup
-from bot.errors import CibotError, ConfigError
-from bot.settings import Settings
+from bot.kernel import logsetup
+from bot.kernel.errors import CibotError, ConfigError
+from bot.kernel.jobs import SANDBOX
+from bot.kernel.settings import Settings
 from policies.model import Policy
 from workers import leases, metrics, outbox
-from workers.celery_app import SANDBOX, model_queues
+from workers.queues import all_queues, model_queues, plan
 
 log = logging.getLogger("cibot.worker")
 
@@ -129,28 +129,6 @@ def _fresh_multiprocess_dir() -> None:
             os.remove(os.path.join(directory, name))
 
 
-def app_from_env() -> Any:
-    """Build the app ``celery -A workers.celery_app`` runs, from the CIBOT_* environment.
-
-    A configuration error is one line on stderr and exit code 2, before Celery starts.
-    """
-    from policies.loading import load_policy
-    from workers.celery_app import create_app
-
-    try:
-        settings = Settings.from_env()
-        policy = load_policy(settings.policy_path, overrides=settings.tier_overrides)
-        app = create_app(settings, policy)
-    except CibotError as exc:
-        print(f"cibot worker: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
-    install(app, settings, policy)
-    return app
-
-
-# ---- the checks -------------------------------------------------------------------------------
-
-
 def preflight(boot: Boot, served: Served) -> None:
     """Check what the queues need before taking work; raise ConfigError saying what to set."""
     settings = boot.settings
@@ -165,7 +143,7 @@ def preflight(boot: Boot, served: Served) -> None:
 
 def check_github_app(settings: Settings) -> None:
     """Parse the App id and key now (no network): a missing or bad one stops the worker."""
-    from bot.github import GitHubApp
+    from workers.github import GitHubApp
 
     GitHubApp.from_settings(settings).close()
 
@@ -239,8 +217,6 @@ def served_by(worker: Any) -> Served:
 
 def check_plan(served: Served, policy: Policy) -> None:
     """Warn when a worker's pool or size differs from what the policy plans for its queue."""
-    from workers.worker_cli import plan
-
     if len(served.queues) != 1:
         log.warning(
             "worker consumes several queues; run one queue per worker (-Q) so each pool "
@@ -271,8 +247,6 @@ def start_metrics(boot: Boot, served: Served) -> None:
     if port is None:
         log.info("worker metrics endpoint is off", extra={"queues": ",".join(served.queues)})
         return
-    from workers.celery_app import all_queues
-
     boot.depth = metrics.QueueDepth(settings.redis_url, all_queues(boot.policy))
     registry = metrics.scrape_registry([boot.depth])
     try:

@@ -1,6 +1,6 @@
 """Register cibot's thin Celery tasks; each one calls a plain function in workers.pipeline.
 
-Retries: only transient errors (``bot.errors.TRANSIENT``, broker and database hiccups)
+Retries: only transient errors (``bot.kernel.errors.TRANSIENT``, broker and database hiccups)
 are retried, with full-jitter exponential backoff, a GitHub ``retry_after`` when one is
 given, and a bounded count. Anything else fails fast: the reason goes to the ledger and,
 for model failures, to the PR. Tasks never raise for a failed job, so the message is
@@ -16,14 +16,16 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from bot import logsetup
-from bot.errors import TRANSIENT, CibotError, PrivateTierDown, RateLimited
-from bot.settings import Settings
+from bot.kernel import logsetup
+from bot.kernel.errors import TRANSIENT, CibotError, PrivateTierDown, RateLimited
+from bot.kernel.jobs import DISPATCH, PUBLISH, RUN_JOB, JobRef
+from bot.kernel.settings import Settings
 from policies.model import Policy
 from workers import metrics, outbox, pipeline
-from workers.celery_app import DISPATCH, PUBLISH, RUN_JOB, Timing
-from workers.job import JobRef
-from workers.pipeline import Deadline, Outcome, Runtime
+from workers.jobs.contract import log_fields
+from workers.pipeline import Deadline, Outcome
+from workers.queues import Timing
+from workers.runtime import Runtime
 
 log = logging.getLogger("cibot.tasks")
 
@@ -103,7 +105,7 @@ def register(app: Any, *, settings: Settings, policy: Policy, timing: Timing) ->
 def _thin(name: str, step: Step, runtime: LazyRuntime, timing: Timing) -> Callable[..., str]:
     """Wrap a pipeline step as a task body: rebuild the JobRef, run, retry or record.
 
-    Every line the step logs carries the job's fields (``bot.logsetup.job_context``), and
+    Every line the step logs carries the job's fields (``bot.kernel.logsetup.job_context``), and
     the step is counted in ``cibot_jobs_total`` with the tier it was routed to.
     """
     step_name = name.removeprefix("cibot.")
@@ -111,7 +113,7 @@ def _thin(name: str, step: Step, runtime: LazyRuntime, timing: Timing) -> Callab
     def task(self: Any, **kwargs: Any) -> str:
         ref = JobRef.from_kwargs(kwargs)
         attempt = int(self.request.retries or 0) + 1
-        fields = pipeline.log_fields(ref, step=step_name, attempt=attempt)
+        fields = log_fields(ref, step=step_name, attempt=attempt)
         with logsetup.job_context(**fields):
             started, outcome = time.monotonic(), "error"
             rt = runtime.get()
@@ -159,7 +161,7 @@ def run_step(task: Any, step: Step, ref: JobRef, rt: Runtime, timing: Timing) ->
         delay = backoff(retries, exc, timing)
         log.info(
             "retrying",
-            extra=pipeline.log_fields(
+            extra=log_fields(
                 ref, error_kind=type(exc).__name__, retry=retries + 1, countdown=delay
             ),
         )
@@ -167,11 +169,11 @@ def run_step(task: Any, step: Step, ref: JobRef, rt: Runtime, timing: Timing) ->
     except (CibotError, TimeoutError, ValueError) as exc:
         return _fail(task, ref, rt, exc, timing)
     except Exception as exc:  # a bug: record it and keep the worker alive
-        log.exception("job crashed", extra=pipeline.log_fields(ref))
+        log.exception("job crashed", extra=log_fields(ref))
         return _fail(task, ref, rt, exc, timing)
     if outcome is Outcome.BUSY:
         if retries >= timing.max_retries:
-            log.warning("job still busy; giving up", extra=pipeline.log_fields(ref))
+            log.warning("job still busy; giving up", extra=log_fields(ref))
             return str(outcome)
         # The holder renews its lock every few seconds; a dead one's lapses within the lease.
         raise retry_later(task, exc=None, countdown=random.uniform(0.25, 0.5) * timing.lease_s)

@@ -26,52 +26,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import FrameType
 
-from bot.errors import InputError
-from bot.settings import DISABLED, Settings
+from bot.kernel.errors import InputError
+from bot.kernel.jobs import SANDBOX
+from bot.kernel.settings import DISABLED, Settings
 from policies.model import Policy
-from workers.celery_app import (
-    SANDBOX,
-    Timing,
-    all_queues,
-    create_app,
-    queue_concurrency,
-)
+from workers.celery_app import create_app
+from workers.queues import PoolPlan, Timing, all_queues, plan
 
 log = logging.getLogger("cibot.worker")
 
 RESTART_WINDOW_S = 60.0
 MAX_RESTARTS = 5  # per child per window; more means it is crash-looping: give up
 CONFIG_EXIT = 2  # a child that exits with this found a configuration error: never restart
-
-
-@dataclass(frozen=True)
-class PoolPlan:
-    """Say how one queue's worker runs: its pool kind and concurrency."""
-
-    queue: str
-    pool: str
-    concurrency: int
-
-
-def plan(
-    queues: Sequence[str], policy: Policy, *, concurrency: int | None = None
-) -> list[PoolPlan]:
-    """Choose a pool per queue: prefork for the sandbox, threads for everything else."""
-    known = all_queues(policy)
-    unknown = [q for q in queues if q not in known]
-    if unknown:
-        raise InputError(f"unknown queue {unknown[0]!r}: choose from {', '.join(known)}")
-    return [
-        PoolPlan(
-            queue=q,
-            pool="prefork" if q == SANDBOX else "threads",
-            concurrency=concurrency or queue_concurrency(q, policy),
-        )
-        for q in dict.fromkeys(queues)
-    ]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from bot.events import Context, Router, installation_of
+from bot.kernel.jobs import JobRef
 from bot.webhooks import MAX_ID, Event
-from workers.job import JobRef
 
 router = Router()
 

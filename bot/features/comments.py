@@ -7,10 +7,10 @@ happen in the worker (workers/jobs/command.py): no GitHub call in the request pa
 
 from __future__ import annotations
 
-from bot import commands
 from bot.events import Context, Router, installation_of, is_bot
+from bot.kernel import commands
+from bot.kernel.jobs import JobRef
 from bot.webhooks import Event
-from workers.job import JobRef
 
 router = Router()
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from bot import commands
-from bot.errors import PayloadError
 from bot.events import Context, Router, installation_of, is_bot, is_self
+from bot.kernel import commands
+from bot.kernel.errors import PayloadError
+from bot.kernel.jobs import MAX_ID, JobRef
 from bot.webhooks import Event
-from workers.job import MAX_ID, JobRef
 
 router = Router()
 

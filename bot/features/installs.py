@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from bot.events import Context, Router, installation_of
+from bot.kernel.jobs import JobRef
 from bot.webhooks import Event
-from workers.job import JobRef
 
 router = Router()
 

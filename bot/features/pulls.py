@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from bot.events import SUPERSEDE, Context, Router, installation_of, is_bot
+from bot.events import Context, Router, installation_of, is_bot
+from bot.kernel.jobs import SUPERSEDE, JobRef
 from bot.webhooks import Event
-from workers.job import JobRef
 
 router = Router()
 

@@ -27,11 +27,12 @@ from typing import Any
 import yaml
 from timing import median_s  # tests/benchmarks/timing.py
 
-from bot.assess import tier_prices
-from bot.assess_prompts import prompts_for
+from policies import tokens
 from policies.loading import build_policy, default_policy_text, parse_yaml
 from policies.model import Policy
-from workers import history, tokens
+from workers import history
+from workers.assess import tier_prices
+from workers.assess_prompts import prompts_for
 
 GOAL = 50.0
 START = 1_700_000_000

@@ -17,8 +17,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from bot import evaluate
 from bot.decide import policy_for
-from bot.errors import CibotError
-from bot.settings import Settings
+from bot.kernel.errors import CibotError
+from bot.kernel.settings import Settings
 from policies.scoring import report_json
 
 CORPUS = Path(__file__).resolve().parent.parent / "corpus"

@@ -82,8 +82,8 @@ def read(path: str) -> Iterator[bytes]:
 
 def child(path: str, budget: int) -> int:
     """Trim one log and print what it saw as JSON (runs in the measured subprocess)."""
+    from policies.tokens import count
     from workers.logs import trim
-    from workers.tokens import count
 
     count("load the tokenizer before the clock starts")
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

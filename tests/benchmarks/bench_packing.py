@@ -20,8 +20,8 @@ from typing import TypeVar
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from policies.tokens import count
 from workers.packing import Flags, chunks, pack
-from workers.tokens import count
 
 T = TypeVar("T")
 GOAL_SECONDS = 1.0

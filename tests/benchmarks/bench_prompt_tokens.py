@@ -34,9 +34,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from unidiff.patch import PatchSet  # noqa: E402
 
 from policies.loading import load_policy  # noqa: E402
+from policies.tokens import count  # noqa: E402
 from workers.logs import trim  # noqa: E402
 from workers.packing import Flags, budget, pack  # noqa: E402
-from workers.tokens import count  # noqa: E402
 
 LOGS = ROOT / "tests" / "fixtures" / "logs"
 PROMPTS = {

@@ -8,7 +8,7 @@ at least one source file (a file whose role, by ``policies.anatomy.role_of``, is
 not a test, doc, config, deploy, lock, generated, vendored or fixture file), so nothing is
 picked by its size. Each prompt is built by the job's own code, exactly as the pipeline
 does: the router's decision, then ``summary.compute`` (its one call, or its map and reduce
-calls, recorded) and ``review.request``. Tokens are o200k (``workers.tokens.count``) over
+calls, recorded) and ``review.request``. Tokens are o200k (``policies.tokens.count``) over
 every message of every request, the way a recording model stand-in counts them.
 
 With ``--mirrors ROOT`` (the snapshots the corpus was rebuilt from) each commit's subject and
@@ -48,9 +48,9 @@ from policies.evidence import evidence_from_diff  # noqa: E402
 from policies.loading import load_policy  # noqa: E402
 from policies.model import Policy  # noqa: E402
 from policies.routing import route  # noqa: E402
+from policies.tokens import count  # noqa: E402
 from workers import pipeline  # noqa: E402
 from workers.jobs import review, summary  # noqa: E402
-from workers.tokens import count  # noqa: E402
 
 CORPUS = ROOT / "tests" / "corpus"
 REBUILD = (

@@ -14,11 +14,11 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from timing import median_s  # tests/benchmarks/timing.py
 
+from policies import tokens
 from policies.evidence import evidence_from_diff, parse_diff
 from policies.loading import load_policy
 from policies.model import TASKS, Policy
 from policies.routing import route, route_many
-from workers import tokens
 
 GOAL_S = 1.0
 DIRS = [

@@ -149,7 +149,7 @@ def main() -> int:
 
     import redis
 
-    from bot.settings import Settings
+    from bot.kernel.settings import Settings
     from policies.loading import load_policy
     from tests.fakes.github import FakeGitHub
     from tests.fakes.model import FakeModelServer

@@ -53,9 +53,13 @@ def git_dir(root: Path, repo: str) -> Path:
 def git(directory: Path, *args: str) -> bytes:
     """Run git against one snapshot and return its output."""
     return subprocess.run(
-        ["git", f"--git-dir={directory / '.git' if (directory / '.git').exists() else directory}",
-         *args],
-        check=True, capture_output=True,
+        [
+            "git",
+            f"--git-dir={directory / '.git' if (directory / '.git').exists() else directory}",
+            *args,
+        ],
+        check=True,
+        capture_output=True,
     ).stdout
 
 
@@ -68,9 +72,11 @@ def diff_of(directory: Path, commit: str) -> bytes:
 
 def write_tree(directory: Path, commit: str, out: Path) -> None:
     """Write the commit's path list and its build and deploy files under ``out``."""
-    paths = git(directory, "ls-tree", "-r", "--name-only", "-z", commit).decode(
-        "utf-8", "replace"
-    ).split("\0")
+    paths = (
+        git(directory, "ls-tree", "-r", "--name-only", "-z", commit)
+        .decode("utf-8", "replace")
+        .split("\0")
+    )
     paths = [p for p in paths if p]
     out.mkdir(parents=True, exist_ok=True)
     (out / "PATHS").write_text("\n".join(paths) + "\n")
@@ -92,8 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     """Rebuild every case's diff and tree; report what could not be rebuilt."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mirrors", type=Path, required=True)
-    parser.add_argument("--cases", type=Path, action="append",
-                        help="a cases file (repeatable); default: every cases-*.jsonl here")
+    parser.add_argument(
+        "--cases",
+        type=Path,
+        action="append",
+        help="a cases file (repeatable); default: every cases-*.jsonl here",
+    )
     parser.add_argument("--only", help="rebuild just the case with this id")
     args = parser.parse_args(argv)
     failed = 0

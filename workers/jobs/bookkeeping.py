@@ -26,11 +26,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from bot.errors import GitHubNotFound, GitHubPermission
-from workers.job import JobRef
+from bot.kernel.errors import GitHubNotFound, GitHubPermission
+from bot.kernel.jobs import JobRef
+from workers.jobs.contract import GitHubPort, log_fields
 from workers.jobs.tests import BRANCH as TESTS_BRANCH
 from workers.jobs.tests import TEST_FILE
-from workers.pipeline import GitHubPort, Runtime, log_fields
+from workers.runtime import Runtime
 
 log = logging.getLogger("cibot.bookkeeping")
 
@@ -66,7 +67,7 @@ UNREADABLE = (GitHubNotFound, GitHubPermission)
 
 
 class FeedbackPort(GitHubPort, Protocol):
-    """The GitHub client reads that settling acceptance needs (bot.github.GitHubClient)."""
+    """The GitHub client reads that settling acceptance needs (workers.github.GitHubClient)."""
 
     def line_comments(self, repo: str, number: int) -> list[Any]:
         """Return the PR's review line comments (LineCommentInfo)."""

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bot.errors import (
+from bot.kernel.errors import (
     GitHubError,
     GitHubNotFound,
     GitHubPermission,
@@ -26,14 +26,14 @@ from bot.errors import (
     InputError,
     NothingToDo,
 )
+from bot.kernel.jobs import JobRef
 from policies.evidence import CiFacts, Evidence, FileChange, evidence_from_diff
 from policies.model import TIER_ORDER, Policy
 from policies.routing import Decision
 from workers import logs, packing
-from workers.job import JobRef
+from workers.jobs.contract import Gathered, GitHubPort, ModelRequest, log_fields, nonce
 from workers.jobs.posting import cell, clean, footer, reasons_line, untrusted
 from workers.ledger import job_key
-from workers.pipeline import Gathered, GitHubPort, ModelRequest, log_fields, nonce
 
 log = logging.getLogger("cibot.jobs.ci")
 
@@ -155,7 +155,7 @@ CHECK_TITLE_CHARS = 120
 
 
 class CiGitHub(GitHubPort, Protocol):
-    """The extra bot.github.GitHubClient methods this job calls."""
+    """The extra workers.github.GitHubClient methods this job calls."""
 
     def check_runs(self, repo: str, sha: str) -> list[Any]:
         """Return CheckRunInfo for every check run on a commit."""
@@ -210,7 +210,7 @@ class FailedJob:
 
 def gather(github: CiGitHub, ref: JobRef, policy: Policy) -> Gathered:
     """Read the PR, its failed CI jobs and their trimmed logs, and build the routing evidence."""
-    number = _number(ref)
+    number = ref.pr()
     pull = github.pull(ref.repo, number)
     head = ref.head_sha or pull.head_sha
     failures = failed_jobs(github, ref, head)
@@ -495,7 +495,7 @@ def render(
 
 def publish(github: CiGitHub, ref: JobRef, payload: Mapping[str, Any]) -> int:
     """Upsert the sticky comment and the neutral check run; return the comment's id."""
-    number = _number(ref)
+    number = ref.pr()
     comment_id = github.upsert_comment(ref.repo, number, marker=MARKER, body=str(payload["body"]))
     check: Mapping[str, Any] = payload["check"]
     try:
@@ -558,10 +558,3 @@ def _notes(jobs: Sequence[FailedJob], more: Sequence[str]) -> str:
     if more:
         notes.append(NOTE_MORE.format(n=len(more), jobs=_names(more)))
     return "".join(f"{note}\n\n" for note in notes)
-
-
-def _number(ref: JobRef) -> int:
-    """Return the PR number; a CI explanation is always about one PR."""
-    if ref.pr_number is None:
-        raise InputError("a CI explanation job needs a pull request number")
-    return ref.pr_number

@@ -13,12 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bot.commands import ESCALATION_TIERS, command_list
-from bot.errors import InputError
-from bot.github import GitHubClient
+from bot.kernel.commands import ESCALATION_TIERS, command_list
+from bot.kernel.errors import InputError
+from bot.kernel.jobs import JobRef
 from policies.loading import REPO_SOURCE, MergeResult, merge_repo_config
 from policies.model import Policy
-from workers.job import JobRef
+from workers.github import GitHubClient
 
 if TYPE_CHECKING:
     from workers.ledger import Ledger

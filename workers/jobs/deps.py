@@ -1,6 +1,6 @@
 """Write dependency-upgrade notes: what each bump changes, what in this repo it touches, how to upgrade.
 
-The job follows ``workers.jobs.summary``'s shape (``workers.pipeline.JobModule``). ``gather``
+The job follows ``workers.jobs.summary``'s shape (``workers.jobs.contract.JobModule``). ``gather``
 finds the version bumps with ``policies.deps.bump_sites`` and groups them by package: a
 package that moves in several manifests (two services' lock files, five ``versions.tf``) is
 one upgrade that lists each manifest and its versions. Each upgrade is surveyed:
@@ -61,17 +61,17 @@ from typing import IO, Any, Protocol, runtime_checkable
 from unidiff.errors import UnidiffParseError
 from unidiff.patch import PatchSet
 
-from bot.errors import GitHubNotFound, InputError, NothingToDo, SandboxError
+from bot.kernel.errors import GitHubNotFound, InputError, NothingToDo, SandboxError
+from bot.kernel.jobs import JobRef
 from policies import deps
 from policies.deps import Bump
 from policies.evidence import FileChange, evidence_from_diff
 from policies.model import Policy
 from policies.routing import Decision
+from policies.tokens import count
 from workers import packing
-from workers.job import JobRef
+from workers.jobs.contract import Gathered, GitHubPort, ModelRequest, log_fields, nonce
 from workers.jobs.posting import cell, clean, footer, untrusted
-from workers.pipeline import Gathered, GitHubPort, ModelRequest, log_fields, nonce
-from workers.tokens import count
 
 log = logging.getLogger("cibot.jobs.deps")
 
@@ -1358,7 +1358,7 @@ def gather(
     github: GitHubPort, ref: JobRef, policy: Policy, *, source: Source | None = None
 ) -> Gathered:
     """Read the PR, find its bumps, survey them, and build the evidence with removed APIs in use."""
-    number = _number(ref)
+    number = ref.pr()
     pull = github.pull(ref.repo, number)
     diff = github.pull_diff(ref.repo, number)
     evidence = evidence_from_diff(diff, repo=ref.repo, labels=frozenset(pull.labels))
@@ -1409,7 +1409,7 @@ def nothing_to_do(github: GitHubPort, ref: JobRef, files: Sequence[FileChange]) 
         unread=UNREAD_NOTE.format(files=", ".join(unread[:5])) if unread else "",
         marker=MARKER,
     )
-    github.upsert_comment(ref.repo, _number(ref), marker=MARKER, body=body)
+    github.upsert_comment(ref.repo, ref.pr(), marker=MARKER, body=body)
     raise NothingToDo(message, posted=True)
 
 
@@ -1714,14 +1714,7 @@ def _one_line(value: Any) -> str:
 
 def publish(github: GitHubPort, ref: JobRef, payload: Mapping[str, Any]) -> int:
     """Upsert the sticky upgrade-notes comment; return its id."""
-    return github.upsert_comment(ref.repo, _number(ref), marker=MARKER, body=str(payload["body"]))
-
-
-def _number(ref: JobRef) -> int:
-    """Return the PR number; upgrade notes always have one."""
-    if ref.pr_number is None:
-        raise InputError("a deps job needs a pull request number")
-    return ref.pr_number
+    return github.upsert_comment(ref.repo, ref.pr(), marker=MARKER, body=str(payload["body"]))
 
 
 def _strip(path: str) -> str:

@@ -19,7 +19,7 @@ GitHub's rules this follows: a review's line comments use ``line``/``side`` (and
 (https://docs.github.com/en/rest/pulls/reviews#create-a-review-for-a-pull-request); a
 ```suggestion block replaces exactly the commented lines when applied
 (https://docs.github.com/en/pull-requests/collaborating-with-pull-requests/reviewing-changes-in-pull-requests/commenting-on-a-pull-request).
-Plain functions, no Celery import; the shape is ``workers.pipeline.JobModule``.
+Plain functions, no Celery import; the shape is ``workers.jobs.contract.JobModule``.
 """
 
 from __future__ import annotations
@@ -34,16 +34,16 @@ from typing import Any, Protocol
 from unidiff.errors import UnidiffParseError
 from unidiff.patch import PatchSet
 
-from bot.errors import GitHubValidation
-from bot.github import ReviewComment
+from bot.kernel.errors import GitHubValidation
+from bot.kernel.jobs import JobRef
 from policies.evidence import decode, evidence_from_diff
 from policies.model import Policy
 from policies.routing import Decision
+from policies.tokens import count
 from workers import packing, posts
-from workers.job import JobRef
+from workers.github import ReviewComment
+from workers.jobs.contract import Gathered, GitHubPort, ModelRequest, log_fields, nonce
 from workers.jobs.posting import clean, footer, untrusted
-from workers.pipeline import Gathered, GitHubPort, ModelRequest, log_fields, nonce
-from workers.tokens import count
 
 log = logging.getLogger("cibot.jobs.review")
 
@@ -362,7 +362,7 @@ def annotate(diff: str) -> str:
 
 def gather(github: GitHubPort, ref: JobRef, policy: Policy) -> Gathered:
     """Read the PR, its diff and its files; number the diff's lines; build the evidence."""
-    number = _number(ref)
+    number = ref.pr()
     pull = github.pull(ref.repo, number)
     diff = github.pull_diff(ref.repo, number)
     files = tuple(github.pull_files(ref.repo, number))
@@ -525,7 +525,7 @@ def render(
 
 def publish(github: ReviewPort, ref: JobRef, payload: Mapping[str, Any]) -> int:
     """Post one COMMENT review with the findings not posted before; return the review's id."""
-    number = _number(ref)
+    number = ref.pr()
     posted = _posted(github.review_comments(ref.repo, number))
     fresh = [c for c in payload["comments"] if _key(c) not in posted]
     shown = fresh[: max(int(payload["cap"]), 0)]
@@ -550,7 +550,7 @@ def _post(
     extra: Mapping[str, int],
 ) -> int:
     """Create the review; if GitHub refuses its line comments, list them in the body instead."""
-    number = _number(ref)
+    number = ref.pr()
     sha = str(payload["commit_sha"])
     body = _review_body(payload, shown, extra)
     try:
@@ -567,7 +567,7 @@ def _post(
 
 def _retire_note(github: ReviewPort, ref: JobRef, sha: str, posted: int) -> None:
     """Replace a waiting or failure note the pipeline left for this task with a pointer."""
-    number = _number(ref)
+    number = ref.pr()
     if github.find_comment(ref.repo, number, MARKER) is None:
         return
     body = RETIRED_NOTE.format(sha=sha[:12], count=posted, s=_s(posted), marker=MARKER)
@@ -575,13 +575,6 @@ def _retire_note(github: ReviewPort, ref: JobRef, sha: str, posted: int) -> None
 
 
 # ---- helpers --------------------------------------------------------------------------------
-
-
-def _number(ref: JobRef) -> int:
-    """Return the PR number; a review always has one."""
-    if ref.pr_number is None:
-        raise ValueError("a review job needs a pull request number")
-    return ref.pr_number
 
 
 def _hunks(gathered: Gathered) -> Hunks:

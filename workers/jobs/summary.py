@@ -1,6 +1,6 @@
 """Write a PR summary: what changed and why, risk notes, and a file-by-file walkthrough.
 
-A job module has this shape (``workers.pipeline.JobModule``), so review, ci, tests and
+A job module has this shape (``workers.jobs.contract.JobModule``), so review, ci, tests and
 deps jobs can sit next to it: ``MARKER`` and ``SUPERSEDABLE``, then ``gather`` (read
 GitHub, build evidence), ``request`` (pack the prompt), ``validate`` (anchor the reply),
 ``render`` (the payload to post) and ``publish`` (post it, upserting by marker).
@@ -15,13 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bot.kernel.jobs import JobRef
 from policies.evidence import evidence_from_diff
 from policies.model import Policy
 from policies.routing import Decision
 from workers import packing
-from workers.job import JobRef
+from workers.jobs.contract import Gathered, GitHubPort, ModelRequest, nonce
 from workers.jobs.posting import cell, clean, footer, untrusted
-from workers.pipeline import Gathered, GitHubPort, ModelRequest, nonce
 
 TASK = "summary"
 MARKER = "<!-- cibot:summary -->"
@@ -122,7 +122,7 @@ class Complete(Protocol):
 
 def gather(github: GitHubPort, ref: JobRef, policy: Policy) -> Gathered:
     """Read the PR, its diff and its files, and build the routing evidence."""
-    number = _number(ref)
+    number = ref.pr()
     pull = github.pull(ref.repo, number)
     diff = github.pull_diff(ref.repo, number)
     files = tuple(github.pull_files(ref.repo, number))
@@ -275,14 +275,7 @@ def render(
 
 def publish(github: GitHubPort, ref: JobRef, payload: Mapping[str, Any]) -> int:
     """Upsert the sticky summary comment; return its id."""
-    return github.upsert_comment(ref.repo, _number(ref), marker=MARKER, body=str(payload["body"]))
-
-
-def _number(ref: JobRef) -> int:
-    """Return the PR number; a summary always has one."""
-    if ref.pr_number is None:
-        raise ValueError("a summary job needs a pull request number")
-    return ref.pr_number
+    return github.upsert_comment(ref.repo, ref.pr(), marker=MARKER, body=str(payload["body"]))
 
 
 def _rows(files: Sequence[Any], described: Sequence[Any]) -> str:

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from bot.errors import (
+from bot.kernel.errors import (
     GitHubNotFound,
     GitHubPermission,
     InputError,
@@ -65,13 +65,13 @@ from bot.errors import (
     NothingToDo,
     SandboxError,
 )
+from bot.kernel.jobs import JobRef
 from policies.evidence import Evidence, FileChange, TestFacts, evidence_from_diff
 from policies.model import TIER_ORDER, Policy
 from policies.routing import Decision, higher, rank, route
 from workers import packing, sandbox
-from workers.job import JobRef
+from workers.jobs.contract import Gathered, GitHubPort, ModelRequest, log_fields, nonce
 from workers.jobs.posting import cell, footer, untrusted
-from workers.pipeline import Gathered, GitHubPort, ModelRequest, log_fields, nonce
 
 log = logging.getLogger("cibot.jobs.tests")
 
@@ -795,7 +795,7 @@ def _pct(value: float | None) -> str:
 
 
 class TestsGitHub(GitHubPort, Protocol):
-    """The extra bot.github.GitHubClient methods this job calls."""
+    """The extra workers.github.GitHubClient methods this job calls."""
 
     def push_files(
         self, repo: str, *, branch: str, base_sha: str, files: Mapping[str, str], message: str
@@ -805,7 +805,7 @@ class TestsGitHub(GitHubPort, Protocol):
 
 def gather(github: GitHubPort, ref: JobRef, policy: Policy) -> Gathered:
     """Read the PR, check its head out and find the changed functions that lack tests."""
-    number = _number(ref)
+    number = ref.pr()
     pull = github.pull(ref.repo, number)
     diff = github.pull_diff(ref.repo, number)
     evidence = _evidence(github, ref, diff, pull)
@@ -835,7 +835,7 @@ def _require_sandbox(github: GitHubPort, ref: JobRef, session: Session) -> None:
         return
     session.close()
     body = REFUSED_TEMPLATE.format(why=found.note, marker=MARKER)
-    github.upsert_comment(ref.repo, _number(ref), marker=MARKER, body=body)
+    github.upsert_comment(ref.repo, ref.pr(), marker=MARKER, body=body)
     raise SandboxError(found.refusal)
 
 
@@ -893,7 +893,7 @@ def _session(
         root=root,
         targets=tuple(fresh[:MAX_TARGETS]),
         skipped=tuple(skipped),
-        test_path=_test_path(root, _number(ref)),
+        test_path=_test_path(root, ref.pr()),
         evidence=evidence,
         policy=policy,
     )
@@ -931,7 +931,7 @@ def _test_path(root: Path, pr: int) -> str:
 def _reply(github: GitHubPort, ref: JobRef, why: str) -> None:
     """Post the plain no-model reply as the sticky tests comment."""
     body = NOTHING_TEMPLATE.format(why=why, marker=MARKER)
-    github.upsert_comment(ref.repo, _number(ref), marker=MARKER, body=body)
+    github.upsert_comment(ref.repo, ref.pr(), marker=MARKER, body=body)
 
 
 def session_of(gathered: Gathered) -> Session:
@@ -1072,7 +1072,7 @@ def _count(code: str) -> int:
 
 def publish(github: GitHubPort, ref: JobRef, payload: Mapping[str, Any]) -> int:
     """Push the tests to their branch and link it; post the file instead where we may not push."""
-    number = _number(ref)
+    number = ref.pr()
     pusher: TestsGitHub = github  # type: ignore[assignment]
     count = f"{payload['count']} test{'s' if payload['count'] != 1 else ''}"
     head = str(payload["head_sha"])
@@ -1126,13 +1126,6 @@ def _branch_link(github: Any, repo: str, branch: str) -> str:
     api = str(getattr(github, "base_url", "https://api.github.com")).rstrip("/")
     web = "https://github.com" if api == "https://api.github.com" else api.removesuffix("/api/v3")
     return f"{web}/{repo}/tree/{urllib.parse.quote(branch)}"
-
-
-def _number(ref: JobRef) -> int:
-    """Return the PR number; a tests job always has one."""
-    if ref.pr_number is None:
-        raise InputError("a tests job needs a pull request number")
-    return ref.pr_number
 
 
 # ---- rounds, for a pipeline that lets the job drive its model calls ----------------------------

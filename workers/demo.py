@@ -17,11 +17,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from bot.errors import InputError
-from bot.settings import Settings
+from bot.kernel.errors import InputError
+from bot.kernel.jobs import JobRef
+from bot.kernel.settings import Settings
 from policies.loading import load_policy
 from policies.model import Policy
-from workers.job import JobRef
 from workers.ledger import FAILED, SUCCEEDED, CallInput, JobResult, Ledger
 
 ACCOUNT = "demo (simulated)"

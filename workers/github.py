@@ -1,7 +1,7 @@
 """Talk to GitHub's REST API as the App and as its installations; the one module importing PyGithub.
 
 Everything leaves this module as a frozen dataclass defined here, never as a PyGithub
-object, and every failure leaves it as a ``bot.errors.GitHubError``. ``decipher`` is
+object, and every failure leaves it as a ``bot.kernel.errors.GitHubError``. ``decipher`` is
 the one place that maps an HTTP answer to that tree. ``RetryPolicy`` owns all waiting:
 PyGithub's own retries and throttling are switched off so the policy is ours and tests
 can count it (https://docs.github.com/en/rest/using-the-rest-api/best-practices-for-using-the-rest-api).
@@ -32,7 +32,7 @@ from github.IssueComment import IssueComment
 from github.PullRequest import PullRequest
 from github.Repository import Repository
 
-from bot.errors import (
+from bot.kernel.errors import (
     ConfigError,
     GitHubError,
     GitHubNotFound,
@@ -42,7 +42,7 @@ from bot.errors import (
     InputError,
     RateLimited,
 )
-from bot.settings import Settings
+from bot.kernel.settings import Settings
 from workers import posts, redaction
 
 log = logging.getLogger(__name__)

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot import assess_econ as econ
-from bot.errors import InputError
-from bot.settings import Settings
+from bot.kernel.errors import InputError
+from bot.kernel.settings import Settings
+from policies import tokens
 from policies.loading import load_policy
 from policies.model import Policy
-from workers import history, tokens
+from workers import assess_econ as econ
+from workers import history
 
 HEADER = """\
 cibot assess: {changes} changes ({prs}) over {months} months, \
@@ -244,7 +245,7 @@ def assess(
     prices = tier_prices(policy) if prices is None else prices
     measure = None
     if repo is not None and knobs.measured:
-        from bot.assess_prompts import prompts_for
+        from workers.assess_prompts import prompts_for
 
         measure = prompts_for(repo, policy)
     stream = (c for c in changes if c.pr) if knobs.prs_only else changes
@@ -364,7 +365,7 @@ def to_csv(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any]) -> str:
     """Return an SVG line chart of monthly spend per option against PRs a month."""
-    from bot.charts import line_chart
+    from workers.charts import line_chart
 
     return line_chart(
         report["_curve"],

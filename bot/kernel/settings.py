@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.errors import ConfigError
+from bot.kernel.errors import ConfigError
 
 TIERS_WITH_ENDPOINTS = ("LOCAL", "MID", "FRONTIER")
 LOG_FORMATS = ("logfmt", "json", "console")

@@ -1,7 +1,7 @@
 """Serve ``GET /dashboard``: the ledger's figures as one server-rendered page, off the webhook path.
 
-The page is a Jinja2 template (``bot/templates/dashboard.html``, autoescaped) with the
-charts inlined as SVG from ``bot.charts``: no script and nothing from a CDN, since the
+The page is a Jinja2 template (``workers/templates/dashboard.html``, autoescaped) with the
+charts inlined as SVG from ``workers.charts``: no script and nothing from a CDN, since the
 bot runs in private networks. Its filters are a query string anyone can share:
 ``?days=30&repo=owner/name&task=review``. A bad value is an InputError, which the admin
 app answers with 400 and the message.
@@ -20,10 +20,10 @@ from urllib.parse import urlencode
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
-from bot import charts
-from bot.errors import InputError
-from bot.settings import Settings
+from bot.kernel.errors import InputError
+from bot.kernel.settings import Settings
 from policies.model import Policy
+from workers import charts
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 3660
@@ -55,7 +55,7 @@ class Query:
 
 def parse_query(days: str | None, repo: str | None, task: str | None = None) -> Query:
     """Validate the query string, or raise InputError saying what each filter takes."""
-    from workers.job import MODEL_TASKS
+    from bot.kernel.jobs import MODEL_TASKS
 
     if repo is not None and repo != "" and not REPO_PATTERN.fullmatch(repo):
         raise InputError("repo must be owner/name, e.g. ?repo=acme/app")
@@ -74,7 +74,7 @@ class Dashboard:
         self._ledger: Any = None
         self._lock = threading.Lock()
         self._templates = Environment(
-            loader=PackageLoader("bot", "templates"),
+            loader=PackageLoader("workers", "templates"),
             autoescape=select_autoescape(default=True),
             undefined=StrictUndefined,
             trim_blocks=True,
@@ -140,7 +140,7 @@ def build_view(
 
 def _tasks(jobs: Sequence[Any]) -> list[str]:
     """Return the task filter's choices: the everyday tasks, then any other seen."""
-    from workers.job import MODEL_TASKS
+    from bot.kernel.jobs import MODEL_TASKS
 
     seen = {j.task for j in jobs}
     return [t for t in MODEL_TASKS if t in seen or t in MODEL_TASKS[:5]]
@@ -245,7 +245,7 @@ def _budget(rows: Any, policy: Policy, until: datetime, query: Query) -> list[An
 
 
 def _svg(chart: str) -> Markup:
-    """Mark a chart safe to inline: ``bot.charts`` escapes every text it draws."""
+    """Mark a chart safe to inline: ``workers.charts`` escapes every text it draws."""
     return Markup(chart)  # noqa: S704
 
 

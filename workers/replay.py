@@ -55,8 +55,8 @@ from typing import Any
 
 import yaml
 
-from bot.errors import CibotError, ConfigError, InputError, InvalidOutput
-from bot.settings import Settings
+from bot.kernel.errors import CibotError, ConfigError, InputError, InvalidOutput
+from bot.kernel.settings import Settings
 from policies.evidence import Evidence
 from policies.loading import DEFAULT_SOURCE, default_policy_text, load_policy
 from policies.model import Policy, Tier, TierPrice
@@ -1001,7 +1001,7 @@ def _usd(value: float) -> str:
 
 def svg_chart(rows: Sequence[Row], title: str) -> str:
     """Draw each task's score per endpoint: one bar per (task, endpoint), coloured by endpoint."""
-    from bot.charts import bar_chart
+    from workers.charts import bar_chart
 
     groups = {
         f"{r.task} · {r.endpoint}": {r.endpoint: r.score or 0.0}

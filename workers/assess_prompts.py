@@ -7,7 +7,7 @@ The summary and review prompts come from the jobs' ``gather`` and ``compute``/``
 the tests prompt from the tests job's target finder and ``first_messages`` on the file at the
 commit (no checkout, so functions a test already names still count); the deps prompt from
 the deps job's ``gather`` (git grep over the commit) and ``request``. Tokens are counted
-with ``workers.tokens.count`` over every message of every call, as the model client does.
+with ``policies.tokens.count`` over every message of every call, as the model client does.
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.errors import InputError, NothingToDo
-from bot.github import FileInfo, PullInfo
+from bot.kernel.errors import InputError, NothingToDo
+from bot.kernel.jobs import JobRef
+from policies import tokens
 from policies.evidence import Evidence, FileChange
 from policies.model import Policy
 from policies.routing import Decision
-from workers import history, tokens
-from workers.job import JobRef
+from workers import history
+from workers.github import FileInfo, PullInfo
 from workers.jobs import deps, review, summary, tests
-from workers.pipeline import Gathered, ModelRequest, nonce
+from workers.jobs.contract import Gathered, ModelRequest, nonce
 
 FILLER_WORD = "change "  # one o200k token: a stand-in reply of the size the policy expects
 Messages = list[dict[str, str]]
