@@ -29,7 +29,7 @@ from workers import pipeline
 from workers.jobs import bookkeeping
 from workers.jobs import tests as tests_job
 from workers.ledger import SUCCEEDED, JobResult
-from workers.pipeline import Outcome, Runtime
+from workers.pipeline import Runtime, StepOutcome
 
 # The repository, PR and installation the webhook fixtures name.
 REPO = "octo-org/hello-world"
@@ -110,7 +110,7 @@ def run(world: World, task: str, pr: int = PR, sha: str = HEAD) -> None:
         pr_number=pr,
         head_sha=sha,
     )
-    assert world.through(ref)[-1] is Outcome.PUBLISHED
+    assert world.through(ref)[-1] is StepOutcome.PUBLISHED
 
 
 def review(world: World, *findings: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
@@ -163,7 +163,7 @@ def generated_tests(world: World, pr: int, *, push: bool = True) -> int:
     return comment_id
 
 
-def deliver(world: World, name: str, payload: dict[str, Any], delivery: str) -> list[Outcome]:
+def deliver(world: World, name: str, payload: dict[str, Any], delivery: str) -> list[StepOutcome]:
     """Sign and parse a delivery, route it, and run its jobs as a worker would."""
     body = json.dumps(payload).encode()
     headers = headers_for(body, event=name.split(".")[0], delivery=delivery)
@@ -228,7 +228,7 @@ def test_a_suggestion_a_later_commit_applies_counts_once_for_the_review(world: W
     world.github.push_pull(REPO, PR, {CART: pushed}, message="Apply suggestion from cibot")
     for delivery in ("close-1", "close-1", "close-2"):  # a redelivery, then a second close
         assert deliver(world, "pull_request.closed", closed(world, merged=True), delivery) == [
-            Outcome.RECORDED
+            StepOutcome.RECORDED
         ]
     assert rows(world) == [("suggestion_applied", 1, review_id, "review", PR)]
     with world.rt.ledger.engine.connect() as conn:

@@ -37,7 +37,7 @@ from tests.test_pipeline import (
 from workers.celery_app import create_app
 from workers.leases import LEASE_S, RENEW_S
 from workers.ledger import SUCCEEDED, Ledger, job_key
-from workers.pipeline import Outcome, Runtime
+from workers.pipeline import Runtime, StepOutcome
 from workers.queues import Limit, Timing, model_queues, plan, queue_for_tier
 from workers.tasks import backoff, run_step
 
@@ -453,10 +453,10 @@ def test_a_busy_job_is_retried_later(bare: Runtime, default_policy: Policy) -> N
     timing = Timing.from_policy(default_policy, max_job_s=3)
     task = FakeTask()
     with pytest.raises(RetryCalled):
-        run_step(task, lambda _r, _rt: Outcome.BUSY, OUTCOME_REF, bare, timing)
+        run_step(task, lambda _r, _rt: StepOutcome.BUSY, OUTCOME_REF, bare, timing)
     assert 0 < task.retried[0]["countdown"] <= timing.retry_max_delay
     assert (
-        run_step(FakeTask(), lambda _r, _rt: Outcome.RECORDED, OUTCOME_REF, bare, timing)
+        run_step(FakeTask(), lambda _r, _rt: StepOutcome.RECORDED, OUTCOME_REF, bare, timing)
         == "recorded"
     )
 

@@ -28,7 +28,7 @@ from workers import logs, pipeline
 from workers.github import GitHubClient
 from workers.jobs import ci
 from workers.ledger import SUCCEEDED, ModelCallRecord, job_key
-from workers.pipeline import Gathered, Outcome
+from workers.pipeline import Gathered, StepOutcome
 
 # The pipeline tests' fixtures: the fakes, a Runtime built from the environment, a ledger.
 fakes = test_pipeline.fakes
@@ -126,7 +126,7 @@ def test_a_single_failing_pytest_job_is_explained_on_local(world: World) -> None
     add_run(world.github, 501, (12, "lint", "success", b"All checks passed!\n"))
     world.local.script(reply=GOOD)
     ref = ci_ref(run_id=501)
-    assert world.through(ref) == [Outcome.QUEUED, Outcome.COMPUTED, Outcome.PUBLISHED]
+    assert world.through(ref) == [StepOutcome.QUEUED, StepOutcome.COMPUTED, StepOutcome.PUBLISHED]
     assert [(name, queue) for name, _, queue in world.sent] == [
         (RUN_JOB, "local"),
         (PUBLISH, "github"),
@@ -178,7 +178,7 @@ def test_failures_in_two_services_escalate_to_the_frontier(world: World) -> None
     }
     world.external.script(reply=reply)
     ref = ci_ref(run_id=502)
-    assert world.through(ref)[0] is Outcome.QUEUED
+    assert world.through(ref)[0] is StepOutcome.QUEUED
     assert world.sent[0][2] == "external"
     [comment] = ci_comments(world)
     body = comment["body"]
@@ -290,7 +290,7 @@ def test_a_non_utf8_ansi_log_is_cleaned_and_anchored(world: World) -> None:
     reply = {**GOOD, "evidence": [{"job": "cargo test (windows)", "line": line}]}
     world.local.script(reply=reply)
     ref = ci_ref(run_id=506)
-    assert world.through(ref)[-1] is Outcome.PUBLISHED
+    assert world.through(ref)[-1] is StepOutcome.PUBLISHED
     _, user = prompt(world.local)
     assert "\x1b" not in user and "\r" not in user and line in user
     assert "--> src/price.rs:41:9" in user

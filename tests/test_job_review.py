@@ -29,7 +29,8 @@ from workers import packing, pipeline
 from workers.github import GitHubClient
 from workers.jobs import review
 from workers.ledger import SUCCEEDED, job_key
-from workers.pipeline import Deadline, Outcome, Runtime
+from workers.pipeline import Deadline, Runtime, StepOutcome
+from workers.state import state_key
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jobs" / "review"
 MULTI = (FIXTURES / "multi_file.diff").read_text(encoding="utf-8")
@@ -87,7 +88,7 @@ class Setup:
             args=args,
         )
 
-    def run(self, ref: JobRef | None = None) -> list[Outcome]:
+    def run(self, ref: JobRef | None = None) -> list[StepOutcome]:
         """Run dispatch, run_job and publish for the job."""
         return self.world.through(ref or self.ref())
 
@@ -146,7 +147,7 @@ def test_a_multi_file_review_is_one_comment_review_anchored_on_changed_lines(set
         )
     )
     ref = setup.ref()
-    assert setup.run(ref) == [Outcome.QUEUED, Outcome.COMPUTED, Outcome.PUBLISHED]
+    assert setup.run(ref) == [StepOutcome.QUEUED, StepOutcome.COMPUTED, StepOutcome.PUBLISHED]
     assert [queue for _, _, queue in setup.world.sent] == ["external", "github"]
     posted = setup.only_review()
     assert posted["state"] == "COMMENTED"
@@ -571,7 +572,7 @@ def test_stored_results_are_plain_json(setup: Setup) -> None:
     ref = setup.ref()
     pipeline.dispatch(ref, setup.world.rt)
     pipeline.run_job(ref, setup.world.rt, deadline=Deadline(60))
-    stored = json.loads(setup.world.rt.redis.get(pipeline.state_key(ref, "result")))
+    stored = json.loads(setup.world.rt.redis.get(state_key(ref, "result")))
     [comment] = stored["payload"]["comments"]
     assert (comment["path"], comment["line"], comment["side"]) == (CART, 10, "RIGHT")
     assert stored["tier"] == "mid" and review.FINDING_MARK.search(comment["body"])

@@ -14,7 +14,7 @@ from tests import test_pipeline
 from tests.test_pipeline import GOOD, REPO, World, environment, write_policy
 from workers.jobs import summary
 from workers.ledger import SUCCEEDED, job_key
-from workers.pipeline import Outcome, Runtime
+from workers.pipeline import Runtime, StepOutcome
 
 BIG_SHA = "b" * 40
 # The pipeline tests' fixture: the fake GitHub and the two fake model servers.
@@ -66,7 +66,7 @@ def test_an_oversized_private_pr_is_summarised_in_parts_then_combined(small_worl
     world = small_world
     world.local.script(reply=GOOD)
     ref = world.ref(sha=BIG_SHA, pr=11)
-    assert world.through(ref)[-1] is Outcome.PUBLISHED
+    assert world.through(ref)[-1] is StepOutcome.PUBLISHED
     requests = world.local.chat_requests()
     parts = [r for r in requests if "this is part" in r["messages"][-1]["content"]]
     combine = [r for r in requests if "summarised in" in r["messages"][-1]["content"]]
@@ -96,6 +96,6 @@ def test_a_pr_that_fits_is_summarised_in_one_call(small_world: World) -> None:
     world = small_world
     world.local.script(reply=GOOD)
     ref = world.ref()
-    assert world.through(ref)[-1] is Outcome.PUBLISHED
+    assert world.through(ref)[-1] is StepOutcome.PUBLISHED
     assert len(world.local.chat_requests()) == 1
     assert summary.MAX_PARTS >= 2

@@ -28,7 +28,7 @@ from tests.test_pipeline import INSTALLATION, LOCAL_ID, REPO, World
 from workers import pipeline, sandbox
 from workers.jobs import tests as job
 from workers.ledger import FAILED, SUCCEEDED, job_key
-from workers.pipeline import Outcome
+from workers.pipeline import StepOutcome
 
 fakes = test_pipeline.fakes
 world = test_pipeline.world
@@ -172,7 +172,7 @@ def test_passing_tests_are_pushed_to_a_branch_and_linked(world: World, project: 
     """
     world.local.script(reply=reply("good"))
     ref = open_pr(world, project)
-    assert world.through(ref) == [Outcome.QUEUED, Outcome.COMPUTED, Outcome.PUBLISHED]
+    assert world.through(ref) == [StepOutcome.QUEUED, StepOutcome.COMPUTED, StepOutcome.PUBLISHED]
 
     branch = world.github.branches(REPO)[BRANCH]
     assert branch[TEST_PATH] == reply("good")["code"]
@@ -323,7 +323,7 @@ def test_where_the_app_may_not_push_the_comment_carries_the_file(
     world.local.script(reply={"code": code, "notes": "Checks @octocat <!-- cibot:review -->"})
     world.github.inject("POST", r"/git/(blobs|trees)$", status=403, times=5)
     ref = open_pr(world, project)
-    assert world.through(ref)[-1] is Outcome.PUBLISHED
+    assert world.through(ref)[-1] is StepOutcome.PUBLISHED
     assert BRANCH not in world.github.branches(REPO)
     body = sticky(world)["body"]
     assert "The App may not push to this repository" in body and f"`{TEST_PATH}`" in body

@@ -33,7 +33,8 @@ from tests.fakes.model import FakeModelServer
 from workers import pipeline
 from workers.ledger import FAILED, HELD, SUCCEEDED, Step, job_key
 from workers.llm import ModelClient
-from workers.pipeline import Deadline, Outcome, Runtime
+from workers.pipeline import Deadline, Runtime, StepOutcome
+from workers.state import state_key
 
 REPO = "acme/app"
 INSTALLATION = 77
@@ -109,10 +110,10 @@ class World:
         """Return the PR's comments carrying the summary marker."""
         return [c for c in self.github.comments(REPO, pr) if "cibot:summary" in c["body"]]
 
-    def through(self, ref: JobRef) -> list[Outcome]:
+    def through(self, ref: JobRef) -> list[StepOutcome]:
         """Run dispatch, run_job and publish in turn, the way the queues would."""
         outcomes = [pipeline.dispatch(ref, self.rt)]
-        if outcomes[0] is Outcome.QUEUED:
+        if outcomes[0] is StepOutcome.QUEUED:
             outcomes.append(pipeline.run_job(ref, self.rt, deadline=Deadline(60)))
             outcomes.append(pipeline.publish(ref, self.rt))
         return outcomes
@@ -198,7 +199,7 @@ def test_a_summary_goes_through_every_step_once(world: World) -> None:
     """Dispatch queues on local, run_job computes, publish posts one sticky comment."""
     world.local.script(reply=GOOD)
     ref = world.ref()
-    assert world.through(ref) == [Outcome.QUEUED, Outcome.COMPUTED, Outcome.PUBLISHED]
+    assert world.through(ref) == [StepOutcome.QUEUED, StepOutcome.COMPUTED, StepOutcome.PUBLISHED]
     assert [(name, queue) for name, _, queue in world.sent] == [
         (RUN_JOB, "local"),
         (PUBLISH, "github"),
@@ -248,9 +249,9 @@ def test_redelivered_messages_leave_one_result(world: World) -> None:
     world.local.script(reply=GOOD)
     ref = world.ref()
     world.through(ref)
-    assert pipeline.dispatch(ref, world.rt) is Outcome.DUPLICATE
-    assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is Outcome.DUPLICATE
-    assert pipeline.publish(ref, world.rt) is Outcome.DUPLICATE
+    assert pipeline.dispatch(ref, world.rt) is StepOutcome.DUPLICATE
+    assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is StepOutcome.DUPLICATE
+    assert pipeline.publish(ref, world.rt) is StepOutcome.DUPLICATE
     assert len(world.comments()) == 1
     assert len(world.local.chat_requests()) == 1
     jobs, calls, _ = world.rt.ledger.rows()
@@ -263,11 +264,11 @@ def test_a_lost_publish_is_sent_again_without_calling_the_model(world: World) ->
     ref = world.ref()
     pipeline.dispatch(ref, world.rt)
     pipeline.run_job(ref, world.rt, deadline=Deadline(60))
-    assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is Outcome.COMPUTED
+    assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is StepOutcome.COMPUTED
     assert len(world.local.chat_requests()) == 1
     assert [n for n, _, _ in world.sent].count(PUBLISH) == 2
-    assert pipeline.publish(ref, world.rt) is Outcome.PUBLISHED
-    assert pipeline.publish(ref, world.rt) is Outcome.DUPLICATE
+    assert pipeline.publish(ref, world.rt) is StepOutcome.PUBLISHED
+    assert pipeline.publish(ref, world.rt) is StepOutcome.DUPLICATE
     assert len(world.comments()) == 1
 
 
@@ -276,7 +277,7 @@ def test_a_superseded_job_is_dropped_before_any_work(world: World) -> None:
     ref = world.ref(supersede=True)
     world.rt.redis.set(head_key(REPO, 7), "2" * 40)
     before = len(world.github.calls)
-    assert pipeline.dispatch(ref, world.rt) is Outcome.STALE
+    assert pipeline.dispatch(ref, world.rt) is StepOutcome.STALE
     assert len(world.github.calls) == before
     assert world.local.requests == []
     job = world.rt.ledger.job(job_key(ref))
@@ -291,7 +292,7 @@ def test_a_job_superseded_while_running_is_not_published(world: World) -> None:
     pipeline.dispatch(ref, world.rt)
     pipeline.run_job(ref, world.rt, deadline=Deadline(60))
     world.rt.redis.set(head_key(REPO, 7), "3" * 40)
-    assert pipeline.publish(ref, world.rt) is Outcome.STALE
+    assert pipeline.publish(ref, world.rt) is StepOutcome.STALE
     assert world.comments() == []
 
 
@@ -301,7 +302,7 @@ def test_a_sensitive_change_goes_to_the_external_queue(world: World) -> None:
     good = {**GOOD, "files": [{"path": "src/auth/session.py", "change": "sets a session id"}]}
     world.external.script(reply=good)
     ref = world.ref(sha="8" * 40, pr=8)
-    assert world.through(ref)[0] is Outcome.QUEUED
+    assert world.through(ref)[0] is StepOutcome.QUEUED
     assert world.sent[0][2] == "external"
     [comment] = world.comments(pr=8)
     assert "on the **mid** tier" in comment["body"]
@@ -332,7 +333,7 @@ def test_private_only_waits_for_the_private_model(world: World) -> None:
     )
     ref = world.ref(sha="9" * 40, pr=9)
     world.local.fail("refuse", times=None)
-    assert pipeline.dispatch(ref, world.rt) is Outcome.QUEUED
+    assert pipeline.dispatch(ref, world.rt) is StepOutcome.QUEUED
     with pytest.raises(PrivateTierDown):
         pipeline.run_job(ref, world.rt, deadline=Deadline(60))
     [waiting] = world.comments(pr=9)
@@ -341,8 +342,8 @@ def test_private_only_waits_for_the_private_model(world: World) -> None:
     assert job is not None and job["status"] == HELD
     world.local.heal()
     world.local.script(reply=GOOD)
-    assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is Outcome.COMPUTED
-    assert pipeline.publish(ref, world.rt) is Outcome.PUBLISHED
+    assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is StepOutcome.COMPUTED
+    assert pipeline.publish(ref, world.rt) is StepOutcome.PUBLISHED
     [done] = world.comments(pr=9)
     assert done["id"] == waiting["id"] and "Adds a retry helper" in done["body"]
     assert world.external.requests == []
@@ -351,8 +352,8 @@ def test_private_only_waits_for_the_private_model(world: World) -> None:
 def test_a_busy_job_is_left_to_its_holder(world: World) -> None:
     """Another worker holding the job's lock makes run_job say busy, doing nothing."""
     ref = world.ref()
-    world.rt.redis.set(pipeline.state_key(ref, "lock"), "someone-else", px=30_000)
-    assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is Outcome.BUSY
+    world.rt.redis.set(state_key(ref, "lock"), "someone-else", px=30_000)
+    assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is StepOutcome.BUSY
     assert world.local.requests == []
 
 
@@ -382,7 +383,7 @@ def test_the_soft_limit_stops_a_job_before_the_model_call(world: World) -> None:
 def test_a_human_tier_request_posts_a_note_and_no_model_runs(world: World) -> None:
     """``/cibot escalate human`` routes to a person: a note, no model call."""
     ref = world.ref(force_tier="human", command="escalate")
-    assert pipeline.dispatch(ref, world.rt) is Outcome.PUBLISHED
+    assert pipeline.dispatch(ref, world.rt) is StepOutcome.PUBLISHED
     [comment] = world.comments()
     assert "needs a person" in comment["body"] and "`requested`" in comment["body"]
     assert world.local.requests == [] and world.sent == []
@@ -405,8 +406,8 @@ def test_outcomes_settle_reactions_into_feedback(world: World) -> None:
         head_sha=SHA,
         args={"merged": True},
     )
-    assert pipeline.dispatch(outcome, world.rt) is Outcome.RECORDED
-    assert pipeline.dispatch(outcome, world.rt) is Outcome.RECORDED  # redelivered
+    assert pipeline.dispatch(outcome, world.rt) is StepOutcome.RECORDED
+    assert pipeline.dispatch(outcome, world.rt) is StepOutcome.RECORDED  # redelivered
     _, _, outcomes = world.rt.ledger.rows()
     assert [(o.pr_number, o.outcome) for o in outcomes] == [(7, "merged")]
     assert world.rt.ledger.acceptance(installation_id=INSTALLATION) == {"summary": (1, 1)}
@@ -421,7 +422,7 @@ def test_installation_events_are_recorded(world: World) -> None:
         delivery_id="i1",
         args={"event": "installation", "action": "suspend", "account": "acme"},
     )
-    assert pipeline.dispatch(ref, world.rt) is Outcome.RECORDED
+    assert pipeline.dispatch(ref, world.rt) is StepOutcome.RECORDED
     row = world.rt.ledger.installation(5)
     assert row is not None and (row["status"], row["account"]) == ("suspended", "acme")
 
@@ -442,7 +443,7 @@ def test_results_round_trip_as_json(world: World) -> None:
     ref = world.ref()
     pipeline.dispatch(ref, world.rt)
     pipeline.run_job(ref, world.rt, deadline=Deadline(60))
-    stored = json.loads(world.rt.redis.get(pipeline.state_key(ref, "result")))
+    stored = json.loads(world.rt.redis.get(state_key(ref, "result")))
     assert stored["tier"] == "local" and "<!-- cibot:summary -->" in stored["payload"]["body"]
 
 
@@ -466,11 +467,11 @@ def test_a_summary_command_reruns_the_summary_each_time_it_is_asked(world: World
     for delivery in ("cmd-1", "cmd-2"):
         comment_id = world.github.add_comment(REPO, 7, "/cibot summary")
         world.sent.clear()
-        assert pipeline.dispatch(command_ref(delivery, comment_id), world.rt) is Outcome.QUEUED
+        assert pipeline.dispatch(command_ref(delivery, comment_id), world.rt) is StepOutcome.QUEUED
         [(name, ref, queue)] = world.sent
         assert (name, queue, ref.task, ref.head_sha) == (RUN_JOB, "local", "summary", SHA)
-        assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is Outcome.COMPUTED
-        assert pipeline.publish(ref, world.rt) is Outcome.PUBLISHED
+        assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is StepOutcome.COMPUTED
+        assert pipeline.publish(ref, world.rt) is StepOutcome.PUBLISHED
         assert [r["content"] for r in world.github.reactions(REPO, comment_id)] == ["eyes"]
     assert len(world.local.chat_requests()) == 3
     assert len(world.comments()) == 1
@@ -496,7 +497,7 @@ def test_review_thread_feedback_is_recorded_once(world: World) -> None:
         args={"kind": "emoji"},
     )
     for job in (ref, ref, bogus):
-        assert pipeline.dispatch(job, world.rt) is Outcome.RECORDED
+        assert pipeline.dispatch(job, world.rt) is StepOutcome.RECORDED
     with world.rt.ledger.engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT signal, value, comment_id FROM feedback")).all()
     assert [tuple(r) for r in rows] == [("thread_resolved", 1, 55)]
@@ -505,11 +506,11 @@ def test_review_thread_feedback_is_recorded_once(world: World) -> None:
 def test_run_job_rerouted_to_a_human_posts_the_note_itself(world: World) -> None:
     """If routing says human by the time the job runs, it says so and calls no model."""
     ref = world.ref(force_tier="human")
-    assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is Outcome.PUBLISHED
+    assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is StepOutcome.PUBLISHED
     [comment] = world.comments()
     assert "needs a person" in comment["body"]
     assert world.local.requests == [] and world.sent == []
-    assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is Outcome.DUPLICATE
+    assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is StepOutcome.DUPLICATE
 
 
 UNANCHORED = {**GOOD, "files": [{"path": "src/made_up.py", "change": "invented"}]}
@@ -522,7 +523,7 @@ def test_a_job_that_fails_on_every_tier_records_its_whole_walk(world: World) -> 
     world.local.script(reply=UNANCHORED)
     world.external.script(reply=UNANCHORED)
     ref = world.ref()
-    assert pipeline.dispatch(ref, world.rt) is Outcome.QUEUED
+    assert pipeline.dispatch(ref, world.rt) is StepOutcome.QUEUED
     with pytest.raises(InvalidOutput) as raised:
         pipeline.run_job(ref, world.rt, deadline=Deadline(60))
     pipeline.fail(ref, world.rt, raised.value)

@@ -21,8 +21,9 @@ from workers import journal, pipeline
 from workers.journal import KILLED, Journal
 from workers.leases import UNACKED_INDEX, Leases
 from workers.ledger import HELD, SUCCEEDED, CallInput, job_key
-from workers.pipeline import Deadline, Outcome
+from workers.pipeline import Deadline, StepOutcome
 from workers.shadow import ShadowGitHub, shadowed
+from workers.state import state_key
 
 __all__ = ["fakes", "world"]  # the fixtures, re-used from the pipeline tests
 
@@ -96,20 +97,20 @@ def test_a_killed_attempts_journaled_calls_are_recorded_by_the_next(world: World
     """A worker died mid-call: its finished and in-flight calls reach the ledger, priced."""
     ref = world.ref()
     world.local.script(reply=GOOD)
-    assert pipeline.dispatch(ref, world.rt) is Outcome.QUEUED
+    assert pipeline.dispatch(ref, world.rt) is StepOutcome.QUEUED
     dead: list[Any] = []
-    trail = Journal(world.rt.redis, pipeline.state_key(ref, "calls"), "dead01", dead)
+    trail = Journal(world.rt.redis, state_key(ref, "calls"), "dead01", dead)
     trail(CallInput(tier="local", model="m", prompt_tokens=900, completion_tokens=40))
     trail.begin(CallInput(tier="local", model="m", prompt_tokens=950, cost_usd=0.002))
     # ... and then SIGKILL: nothing more from that attempt.
-    assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is Outcome.COMPUTED
+    assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is StepOutcome.COMPUTED
     calls = world.rt.ledger.calls(job_key(ref))
     assert [c["error_kind"] for c in calls[:2]] == ["", KILLED]
     assert [c["prompt_tokens"] for c in calls[:2]] == [900, 950]
     assert calls[1]["cost_usd"] == pytest.approx(0.002)
     assert len(calls) == 3 and calls[2]["error_kind"] == ""  # the attempt that finished
-    assert journal.orphans(world.rt.redis, pipeline.state_key(ref, "calls")) == {}
-    assert pipeline.publish(ref, world.rt) is Outcome.PUBLISHED
+    assert journal.orphans(world.rt.redis, state_key(ref, "calls")) == {}
+    assert pipeline.publish(ref, world.rt) is StepOutcome.PUBLISHED
     row = world.rt.ledger.job(job_key(ref))
     assert (
         row is not None
@@ -122,8 +123,8 @@ def test_a_finished_attempt_leaves_no_journal(world: World) -> None:
     """The journal only outlives attempts that died."""
     ref = world.ref()
     world.local.script(reply=GOOD)
-    assert world.through(ref)[-1] is Outcome.PUBLISHED
-    assert world.rt.redis.hgetall(pipeline.state_key(ref, "calls")) == {}
+    assert world.through(ref)[-1] is StepOutcome.PUBLISHED
+    assert world.rt.redis.hgetall(state_key(ref, "calls")) == {}
     assert [c["error_kind"] for c in world.rt.ledger.calls(job_key(ref))] == [""]
 
 
@@ -138,7 +139,7 @@ def test_a_held_job_waits_as_long_as_the_policy_says_then_says_it_stopped(world:
     )
     ref = world.ref(sha="9" * 40, pr=9)
     world.local.fail("refuse", times=None)
-    assert pipeline.dispatch(ref, world.rt) is Outcome.QUEUED
+    assert pipeline.dispatch(ref, world.rt) is StepOutcome.QUEUED
     with pytest.raises(PrivateTierDown):
         pipeline.run_job(ref, world.rt, deadline=Deadline(60))
     [waiting] = world.comments(pr=9)
@@ -173,7 +174,7 @@ def test_copies_of_one_job_dispatched_at_once_gather_once(world: World) -> None:
         return sum(c.headers.get("accept") == "application/vnd.github.diff" for c in calls)
 
     before = diff_reads()
-    outcomes: list[Outcome] = []
+    outcomes: list[StepOutcome] = []
     start = threading.Barrier(len(refs))
 
     def go(ref: Any) -> None:
@@ -186,10 +187,10 @@ def test_copies_of_one_job_dispatched_at_once_gather_once(world: World) -> None:
     for thread in threads:
         thread.join(30)
     # One copy dispatches; the others find it claimed (busy: they retry) or done.
-    assert outcomes.count(Outcome.QUEUED) == 1
-    assert set(outcomes) <= {Outcome.QUEUED, Outcome.BUSY, Outcome.DUPLICATE}
+    assert outcomes.count(StepOutcome.QUEUED) == 1
+    assert set(outcomes) <= {StepOutcome.QUEUED, StepOutcome.BUSY, StepOutcome.DUPLICATE}
     for ref in refs:  # the busy copies' retries
-        assert pipeline.dispatch(ref, world.rt) is Outcome.DUPLICATE
+        assert pipeline.dispatch(ref, world.rt) is StepOutcome.DUPLICATE
     assert diff_reads() - before == 1  # one gather downloaded the diff
     assert len(world.sent) == 1
 
@@ -204,7 +205,7 @@ def test_a_refused_repo_config_is_told_once_and_the_operators_policy_applies(
     world.github.set_file(REPO, ".github/cibot.yml", NESTED)
     world.local.script(reply=GOOD)
     ref = world.ref()
-    assert world.through(ref)[-1] is Outcome.PUBLISHED
+    assert world.through(ref)[-1] is StepOutcome.PUBLISHED
     again = dataclasses.replace(world.ref(sha="2" * 40), delivery_id="d-again")
     new_head = world.github.push_pull(REPO, 7, {"src/x.py": "x = 1\n"})
     again = dataclasses.replace(again, head_sha=new_head)
@@ -224,7 +225,7 @@ def test_a_shadow_installation_posts_nothing_and_the_ledger_has_it_all(world: Wo
     with_behaviour(world, shadow_installations=(INSTALLATION,))
     world.local.script(reply=GOOD)
     ref = world.ref()
-    assert world.through(ref) == [Outcome.QUEUED, Outcome.COMPUTED, Outcome.PUBLISHED]
+    assert world.through(ref) == [StepOutcome.QUEUED, StepOutcome.COMPUTED, StepOutcome.PUBLISHED]
     assert world.github.comments(REPO, 7) == [] and world.github.reviews(REPO, 7) == []
     assert world.github.calls_to("POST", r"/issues/7/comments") == []
     row = world.rt.ledger.job(job_key(ref))
@@ -240,7 +241,7 @@ def test_a_repo_may_turn_shadow_on_for_itself_but_never_off(world: World) -> Non
     """`shadow: true` in the repo's file silences it; `shadow: false` cannot undo the operator."""
     world.github.set_file(REPO, ".github/cibot.yml", "shadow: true\n")
     world.local.script(reply=GOOD)
-    assert world.through(world.ref())[-1] is Outcome.PUBLISHED
+    assert world.through(world.ref())[-1] is StepOutcome.PUBLISHED
     assert world.github.comments(REPO, 7) == []
     policy = world.rt.policy.model_copy(
         update={"behaviour": world.rt.policy.behaviour.model_copy(update={"shadow": True})}
@@ -331,7 +332,7 @@ def test_capture_on_keeps_each_call_of_a_job_privately(world: World, tmp_path: A
     world.local.script(reply=GOOD)
     assert world.rt.capture is None  # off unless CIBOT_CAPTURE_DIR is set
     world.rt.capture = Capture(tmp_path / "captures", days=14)
-    assert world.through(world.ref())[-1] is Outcome.PUBLISHED
+    assert world.through(world.ref())[-1] is StepOutcome.PUBLISHED
     files = list((tmp_path / "captures").rglob("*.json"))
     assert len(files) == 1 and oct(files[0].stat().st_mode & 0o777) == "0o600"
     kept = json.loads(files[0].read_text())

@@ -1,8 +1,9 @@
 """Run one job inline, in this process, for ``cibot ci`` (a GitHub Actions step).
 
 The same job modules and pipeline steps run as in the workers. Only the adapters change:
-the step's ``GITHUB_TOKEN`` instead of an App installation, an in-process store instead of
-Redis, and "send" runs the next step at once instead of queueing it.
+the step's ``GITHUB_TOKEN`` instead of an App installation, the in-process job state
+(``workers.state.MemoryJobState``) instead of Redis, and "send" runs the next step at once
+instead of queueing it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,87 +21,13 @@ from bot.kernel.settings import Settings
 from policies.model import Policy
 from workers.jobs.contract import log_fields
 from workers.runtime import Runtime
+from workers.state import MemoryJobState
 
 __all__ = ["log_fields", "run", "with_head"]
 
 RETRIES = 4
 DONE = """\
 cibot ci: {task} on {repo}#{pr} → {outcome}"""
-
-
-@dataclass
-class MemoryStore:
-    """Stand in for the Redis commands the pipeline uses, inside one process."""
-
-    values: dict[str, tuple[Any, float | None]] = field(default_factory=dict)
-
-    def _live(self, key: str) -> bool:
-        """Drop an expired key; say whether the key is present."""
-        entry = self.values.get(key)
-        if entry is not None and entry[1] is not None and entry[1] < time.monotonic():
-            del self.values[key]
-            return False
-        return entry is not None
-
-    def set(
-        self,
-        key: str,
-        value: Any,
-        *,
-        nx: bool = False,
-        px: int | None = None,
-        ex: int | None = None,
-    ) -> bool:
-        """Set a key, honouring NX and an expiry in ms (px) or s (ex)."""
-        if nx and self._live(key):
-            return False
-        ttl = px / 1000 if px else ex if ex else None
-        self.values[key] = (value, time.monotonic() + ttl if ttl else None)
-        return True
-
-    def get(self, key: str) -> Any:
-        """Return a key's value, or None."""
-        return self.values[key][0] if self._live(key) else None
-
-    def exists(self, *keys: str) -> int:
-        """Count the keys that are present."""
-        return sum(self._live(key) for key in keys)
-
-    def delete(self, *keys: str) -> int:
-        """Delete keys; return how many existed."""
-        return sum(self.values.pop(key, None) is not None for key in keys)
-
-    def hset(self, key: str, name: str, value: Any) -> int:
-        """Set one field of a hash."""
-        fields = self.values[key][0] if self._live(key) else {}
-        fields[name] = value
-        self.values[key] = (fields, self.values.get(key, (None, None))[1])
-        return 1
-
-    def hgetall(self, key: str) -> dict[str, Any]:
-        """Return a hash's fields."""
-        return dict(self.values[key][0]) if self._live(key) else {}
-
-    def hdel(self, key: str, *names: str) -> int:
-        """Delete fields of a hash; return how many existed."""
-        fields = self.values[key][0] if self._live(key) else {}
-        return sum(fields.pop(name, None) is not None for name in names)
-
-    def expire(self, key: str, seconds: int) -> bool:
-        """Set a key's expiry in seconds."""
-        if not self._live(key):
-            return False
-        self.values[key] = (self.values[key][0], time.monotonic() + seconds)
-        return True
-
-    def eval(self, script: str, numkeys: int, key: str, token: str) -> int:
-        """Run the pipeline's one script: delete ``key`` only if it still holds ``token``."""
-        if self.get(key) == token:
-            return self.delete(key)
-        return 0
-
-    def close(self) -> None:
-        """Release nothing; a store in memory holds no connection."""
 
 
 @dataclass
@@ -142,13 +69,14 @@ def runtime(settings: Settings, policy: Policy, token: str) -> Any:
         step = {RUN_JOB: _run_job, PUBLISH: pipeline.publish}[name]
         _with_retries(step, ref, rt)
 
-    def _run_job(ref: JobRef, rt: Runtime) -> pipeline.Outcome:
+    def _run_job(ref: JobRef, rt: Runtime) -> pipeline.StepOutcome:
         return pipeline.run_job(ref, rt, deadline=pipeline.Deadline(seconds=3600))
 
     rt = Runtime(
         settings=settings,
         policy=policy,
-        redis=MemoryStore(),
+        redis=None,
+        job_state=MemoryJobState(),
         ledger=ledger,
         github=lambda _id: GitHubClient.from_token(token=token, base_url=settings.github_api_url),
         model=lambda recorder: ModelClient(policy, settings, budget, recorder=recorder),
@@ -191,7 +119,7 @@ def run(ref: JobRef, settings: Settings, policy: Policy, token: str) -> int:
     rt = runtime(settings, policy, token)
     try:
         outcome = _with_retries(pipeline.enqueue_model_job, ref, rt)
-        posted = rt.redis.exists(pipeline.state_key(ref, "done"))
+        posted = rt.state.done(ref)
     except NothingToDo as exc:
         pipeline.fail(ref, rt, exc)  # drops the job; a step with nothing to do succeeds
         print(f"cibot ci: {ref.task}: nothing to do: {exc}", file=sys.stderr)
@@ -205,4 +133,4 @@ def run(ref: JobRef, settings: Settings, policy: Policy, token: str) -> int:
     print(
         DONE.format(task=ref.task, repo=ref.repo, pr=ref.pr_number, outcome=result), file=sys.stderr
     )
-    return 0 if posted or outcome is not pipeline.Outcome.QUEUED else 1
+    return 0 if posted or outcome is not pipeline.StepOutcome.QUEUED else 1

@@ -2,7 +2,7 @@
 
 Two claims expire unless their holder renews them:
 
-- a job's lock in Redis (``workers.pipeline.redis_lock``), set with a TTL of ``LEASE_S``;
+- a job's lock in Redis (``workers.state.RedisJobState``), set with a TTL of ``LEASE_S``;
 - the broker's claim on each message the worker has taken. Kombu's Redis transport keeps
   unacked messages in the ``unacked_index`` sorted set, scored by delivery time, and any
   worker restores those older than the visibility timeout to their queue

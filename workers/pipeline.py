@@ -24,11 +24,10 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib
-import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -54,12 +53,11 @@ from bot.kernel.jobs import (
     RUN_JOB,
     SUPERSEDE,
     JobRef,
-    head_key,
 )
-from policies.loading import REPO_SOURCE, merge_repo_config
+from policies.loading import REPO_SOURCE
 from policies.model import Policy, TaskPolicy
 from policies.routing import Decision, route
-from workers import capture, journal, redaction
+from workers import capture, redaction, repo_config
 from workers.jobs.contract import (
     Gathered,
     GitHubPort,
@@ -68,7 +66,6 @@ from workers.jobs.contract import (
     ModelRequest,
     log_fields,
 )
-from workers.journal import Journal
 from workers.ledger import FAILED, SUCCEEDED, CallInput, JobResult, job_key
 from workers.queues import queue_for_tier
 from workers.runtime import Runtime
@@ -76,9 +73,6 @@ from workers.shadow import ShadowGitHub, shadowed
 
 log = logging.getLogger("cibot.pipeline")
 
-RESULT_TTL_S = 7 * 24 * 3600
-DONE_TTL_S = 30 * 24 * 3600
-PUBLISH_LOCK_TTL_S = 60
 
 # ---- text the bot posts --------------------------------------------------------------------
 
@@ -141,7 +135,7 @@ PR_HINTS: tuple[tuple[type[BaseException], str], ...] = (
 )
 
 
-class Outcome(StrEnum):
+class StepOutcome(StrEnum):
     """Say what one pipeline step did."""
 
     QUEUED = "queued"  # dispatch queued the model job
@@ -190,11 +184,6 @@ def warm_up(policy: Policy) -> None:
 # ---- small helpers --------------------------------------------------------------------------
 
 
-def state_key(ref: JobRef, part: str) -> str:
-    """Return the Redis key holding one piece of a job's state."""
-    return f"cibot:job:{job_key(ref)}:{part}"
-
-
 def github_for(rt: Runtime, ref: JobRef, *, shadow: bool = False) -> ShadowGitHub:
     """Return the job's GitHub client, which swallows writes when the job is in shadow mode."""
     on = shadow or shadowed(rt.policy, installation_id=ref.installation_id, repo=ref.repo)
@@ -222,71 +211,22 @@ def is_stale(ref: JobRef, rt: Runtime, job: JobModule) -> str | None:
         return None
     if not (ref.args.get(SUPERSEDE) or job.SUPERSEDABLE):
         return None
-    newest = rt.redis.get(head_key(ref.repo, ref.pr_number))
-    if newest is None:
-        return None
-    newest = newest.decode() if isinstance(newest, bytes) else str(newest)
-    return newest if newest != ref.head_sha else None
+    newest = rt.state.newest_head(ref.repo, ref.pr_number)
+    return newest if newest is not None and newest != ref.head_sha else None
 
 
-@contextlib.contextmanager
-def redis_lock(rt: Runtime, key: str, ttl_s: float) -> Iterator[bool]:
-    """Hold ``key`` with SET NX; yield whether we got it.
+def repo_policy(github: GitHubPort, ref: JobRef, rt: Runtime) -> Policy:
+    """Merge the repo's ``.github/cibot.yml`` onto the operator's policy for this job.
 
-    The lock lives ``ttl_s`` past its holder's last renewal: the runtime's leases renew it
-    while this process lives, so a killed worker's lock frees itself within ``ttl_s``.
+    A refused file (over a size or depth limit, a risky pattern, a bad key) is explained on
+    the job's PR, once per PR and file content: the operator's policy stays in force for
+    whatever was refused.
     """
-    token = uuid.uuid4().hex
-    held = bool(rt.redis.set(key, token, nx=True, px=max(1, int(ttl_s * 1000))))
-    if held and rt.leases is not None:
-        rt.leases.hold(key, token)
-    try:
-        yield held
-    finally:
-        if held:
-            if rt.leases is not None:
-                rt.leases.release(key)
-            _release(rt, key, token)
-
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-def _release(rt: Runtime, key: str, token: str) -> None:
-    """Delete the lock only if it is still ours (it may have expired and moved on)."""
-    with contextlib.suppress(Exception):
-        rt.redis.eval(_RELEASE, 1, key, token)
-
-
-def repo_policy(
-    github: GitHubPort,
-    repo: str,
-    policy: Policy,
-    *,
-    ref: JobRef | None = None,
-    rt: Runtime | None = None,
-) -> Policy:
-    """Merge the repo's ``.github/cibot.yml`` onto the policy; bad keys are logged, skipped.
-
-    Given the job, a refused file (over a size or depth limit, a risky pattern, a bad key)
-    is also explained on its PR, once per PR and file content: the operator's policy stays
-    in force for whatever was refused.
-    """
-    try:
-        text = github.default_branch_file(repo, REPO_SOURCE)
-    except CibotError as exc:
-        log.warning("repo config unreadable", extra={"repo": repo, "error": str(exc)})
-        return policy
-    merged = merge_repo_config(policy, text, repo=repo)
-    for error in merged.errors:
-        log.warning("repo config key skipped", extra={"repo": repo, "error": str(error)})
-    if merged.errors and ref is not None and rt is not None and ref.pr_number is not None:
-        _tell_config_errors(github, ref, rt, text or "", merged.errors)
+    merged, text = repo_config.read(github, ref.repo, rt.policy)
+    if merged.errors and ref.pr_number is not None:
+        _tell_config_errors(github, ref, rt, text, merged.errors)
     if isinstance(github, ShadowGitHub) and shadowed(
-        merged.policy, installation_id=ref.installation_id if ref else 0, repo=repo
+        merged.policy, installation_id=ref.installation_id, repo=ref.repo
     ):
         github.shadow = True  # the repo's config turned shadow mode on for itself
     return merged.policy
@@ -297,16 +237,13 @@ def _tell_config_errors(
 ) -> None:
     """Post what was refused in the repo's config on the PR, once per PR and file content."""
     digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:16]
-    once = f"cibot:config-note:{ref.repo}#{ref.pr_number}:{digest}"
-    if not rt.redis.set(once, "1", nx=True, ex=DONE_TTL_S):
+    once = f"config-note:{ref.repo}#{ref.pr_number}:{digest}"
+    if not rt.state.first_note(once):
         return
     lines = "\n".join(f"- {str(error)[:300]}" for error in errors[:10])
     body = CONFIG_TEMPLATE.format(source=REPO_SOURCE, errors=lines, marker=CONFIG_MARKER)
-    try:
-        github.upsert_comment(ref.repo, ref.pr(), marker=CONFIG_MARKER, body=body)
-    except CibotError as exc:
-        rt.redis.delete(once)  # say it next time instead
-        log.warning("config note not posted", extra=log_fields(ref, error=str(exc)))
+    if not post_note(rt, ref, CONFIG_MARKER, body, github=github):
+        rt.state.unnote(once)  # say it next time instead
 
 
 def decide(ref: JobRef, gathered: Gathered, rt: Runtime) -> Decision:
@@ -333,7 +270,7 @@ def job_cost(calls: Sequence[Any]) -> float:
 # ---- dispatch -------------------------------------------------------------------------------
 
 
-def dispatch(ref: JobRef, rt: Runtime) -> Outcome:
+def dispatch(ref: JobRef, rt: Runtime) -> StepOutcome:
     """Handle one job from the edge: bookkeeping inline, model work onto its tier's queue."""
     if ref.task == "command":
         return _command(ref, rt)
@@ -341,58 +278,69 @@ def dispatch(ref: JobRef, rt: Runtime) -> Outcome:
         from workers.jobs import bookkeeping
 
         bookkeeping.handle(ref, rt)
-        return Outcome.RECORDED
+        return StepOutcome.RECORDED
     return enqueue_model_job(ref, rt)
 
 
-def _command(ref: JobRef, rt: Runtime) -> Outcome:
+def _command(ref: JobRef, rt: Runtime) -> StepOutcome:
     """Run a comment command; queue the model jobs it asks for."""
     command = _import("workers.jobs.command")
     if command is None:
         log.warning("comment commands are not available in this build", extra=log_fields(ref))
-        return Outcome.IGNORED
+        return StepOutcome.IGNORED
     with contextlib.closing(github_for(rt, ref)) as github:
+        merged, _ = repo_config.read(github, ref.repo, rt.policy)
         follow: list[JobRef] = command.handle_command(
-            ref, gh=github, policy=rt.policy, ledger=rt.ledger, bot_login=rt.settings.bot_login
+            ref,
+            gh=github,
+            policy=rt.policy,
+            merged=merged,
+            ledger=rt.ledger,
+            bot_login=rt.settings.bot_login,
         )
     for job in follow:
-        enqueue_model_job(job, rt)
-    return Outcome.RECORDED if not follow else Outcome.QUEUED
+        enqueue_model_job(job, rt, policy=merged.policy)  # the config is read once
+    return StepOutcome.RECORDED if not follow else StepOutcome.QUEUED
 
 
-def enqueue_model_job(ref: JobRef, rt: Runtime) -> Outcome:
-    """Route a model job and queue it on its tier's queue (commands call this too)."""
+def enqueue_model_job(ref: JobRef, rt: Runtime, *, policy: Policy | None = None) -> StepOutcome:
+    """Route a model job and queue it on its tier's queue (commands call this too).
+
+    ``policy`` is the repo's merged policy when the caller has read it already.
+    """
     job = job_module(ref.task) if ref.task in MODEL_TASKS else None
     tasks = cast(Mapping[str, TaskPolicy], rt.policy.tasks)
     if job is None or ref.task not in tasks or not tasks[ref.task].enabled:
         rt.ledger.drop_job(ref, reason=f"no enabled job for task {ref.task!r}")
         log.info("job ignored", extra=log_fields(ref))
-        return Outcome.IGNORED
-    if rt.redis.exists(state_key(ref, "done"), state_key(ref, "dispatched")):
-        return Outcome.DUPLICATE
+        return StepOutcome.IGNORED
+    if rt.state.dispatched(ref):
+        return StepOutcome.DUPLICATE
     newer = is_stale(ref, rt, job)
     if newer:
         rt.ledger.drop_job(ref, reason=f"superseded by {newer[:12]}")
         log.info("stale job dropped", extra=log_fields(ref, newer=newer))
-        return Outcome.STALE
-    # The claim is atomic (SET NX): of several copies of one job (a webhook redelivered
-    # under fresh delivery ids), one gathers and routes; the others stop here.
-    with redis_lock(rt, state_key(ref, "claim"), rt.lock_ttl_s) as claimed:
-        if rt.redis.exists(state_key(ref, "done"), state_key(ref, "dispatched")):
-            return Outcome.DUPLICATE
+        return StepOutcome.STALE
+    # The claim is atomic: of several copies of one job (a webhook redelivered under
+    # fresh delivery ids), one gathers and routes; the others stop here.
+    with rt.state.claim(ref, rt.lock_ttl_s) as claimed:
+        if rt.state.dispatched(ref):
+            return StepOutcome.DUPLICATE
         if not claimed:
             # Another copy is dispatching it, or an attempt that failed left its claim to
             # expire (say Redis went away before it could let go): look again shortly.
-            return Outcome.BUSY
-        outcome = _route_and_queue(ref, rt, job)
-        rt.redis.set(state_key(ref, "dispatched"), "1", ex=DONE_TTL_S)
+            return StepOutcome.BUSY
+        outcome = _route_and_queue(ref, rt, job, policy)
+        rt.state.mark_dispatched(ref)
     return outcome
 
 
-def _route_and_queue(ref: JobRef, rt: Runtime, job: JobModule) -> Outcome:
+def _route_and_queue(
+    ref: JobRef, rt: Runtime, job: JobModule, policy: Policy | None
+) -> StepOutcome:
     """Gather and route a claimed job, then queue it on its tier (or post "needs a human")."""
     with contextlib.closing(github_for(rt, ref)) as github:
-        gathered = job.gather(github, ref, repo_policy(github, ref.repo, rt.policy, ref=ref, rt=rt))
+        gathered = job.gather(github, ref, policy or repo_policy(github, ref, rt))
         decision = decide(ref, gathered, rt)
         logsetup.bind(tier=decision.tier)
         if decision.tier == "human":
@@ -400,19 +348,19 @@ def _route_and_queue(ref: JobRef, rt: Runtime, job: JobModule) -> Outcome:
     rt.ledger.queue_job(ref, tier=decision.tier)
     rt.send(RUN_JOB, ref, queue_for_tier(decision.tier, rt.policy))
     log.info("job queued", extra=log_fields(ref, decision.tier))
-    return Outcome.QUEUED
+    return StepOutcome.QUEUED
 
 
 def _publish_human(
     ref: JobRef, rt: Runtime, job: JobModule, github: ShadowGitHub, decision: Decision
-) -> Outcome:
+) -> StepOutcome:
     """Tell the PR a person must do this one, and close the job on the human tier."""
     reasons = "\n".join(f"- `{r.trigger}`: {r.evidence}" for r in decision.reasons)
     body = HUMAN_TEMPLATE.format(task=ref.task, reasons=reasons, marker=job.MARKER)
     comment_id = github.upsert_comment(ref.repo, ref.pr(), marker=job.MARKER, body=body)
     rt.ledger.finish_job(ref, _result(github, tier="human", model="human", comment_id=comment_id))
-    rt.redis.set(state_key(ref, "done"), "1", ex=DONE_TTL_S)
-    return Outcome.PUBLISHED
+    rt.state.mark_done(ref)
+    return StepOutcome.PUBLISHED
 
 
 def _result(
@@ -434,37 +382,37 @@ def _result(
 # ---- run_job --------------------------------------------------------------------------------
 
 
-def run_job(ref: JobRef, rt: Runtime, *, deadline: Deadline) -> Outcome:
+def run_job(ref: JobRef, rt: Runtime, *, deadline: Deadline) -> StepOutcome:
     """Compute a model job once, under its lock, and hand the result to ``publish``."""
     job = job_module(ref.task)
     if job is None:
         rt.ledger.drop_job(ref, reason=f"no job module for task {ref.task!r}")
-        return Outcome.IGNORED
-    if rt.redis.exists(state_key(ref, "done")):
-        return Outcome.DUPLICATE
-    with redis_lock(rt, state_key(ref, "lock"), rt.lock_ttl_s) as held:
+        return StepOutcome.IGNORED
+    if rt.state.done(ref):
+        return StepOutcome.DUPLICATE
+    with rt.state.lock(ref, rt.lock_ttl_s) as held:
         if not held:
-            return Outcome.BUSY
+            return StepOutcome.BUSY
         _settle_killed(ref, rt)
-        if rt.redis.exists(state_key(ref, "done")):
-            return Outcome.DUPLICATE
-        if not rt.redis.exists(state_key(ref, "result")):
+        if rt.state.done(ref):
+            return StepOutcome.DUPLICATE
+        if not rt.state.has_result(ref):
             newer = is_stale(ref, rt, job)
             if newer:
                 rt.ledger.drop_job(ref, reason=f"superseded by {newer[:12]}")
-                return Outcome.STALE
-            if _compute(ref, rt, job, deadline) is Outcome.PUBLISHED:
-                return Outcome.PUBLISHED
+                return StepOutcome.STALE
+            if _compute(ref, rt, job, deadline) is StepOutcome.PUBLISHED:
+                return StepOutcome.PUBLISHED
     rt.send(PUBLISH, ref, GITHUB)
-    return Outcome.COMPUTED
+    return StepOutcome.COMPUTED
 
 
-def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> Outcome:
+def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> StepOutcome:
     """Gather, route, pack, complete, validate and render; store the result."""
     calls: list[Any] = []
     attempt = uuid.uuid4().hex[:12]
     with contextlib.closing(github_for(rt, ref)) as github:
-        gathered = job.gather(github, ref, repo_policy(github, ref.repo, rt.policy, ref=ref, rt=rt))
+        gathered = job.gather(github, ref, repo_policy(github, ref, rt))
         decision = decide(ref, gathered, rt)
         logsetup.bind(tier=decision.tier)
         if decision.tier == "human":  # the evidence changed since dispatch routed it
@@ -478,7 +426,7 @@ def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> Ou
             triggers=[r.trigger for r in decision.reasons],
         )
         deadline.check("the model call")
-        trail = Journal(rt.redis, state_key(ref, "calls"), attempt, calls)
+        trail = rt.state.journal(ref, attempt, calls)
         complete = capture.wrap(
             rt.capture,
             _completer(ref, decision, rt.model(trail)),
@@ -504,7 +452,7 @@ def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> Ou
         job.render(gathered, decision, completion, job_cost(completion.calls)), gathered
     )
     _store(ref, rt, payload, completion, shadow=shadow)
-    return Outcome.COMPUTED
+    return StepOutcome.COMPUTED
 
 
 def _completer(ref: JobRef, decision: Decision, model: ModelPort) -> Callable[..., Any]:
@@ -584,7 +532,7 @@ def _store(
         "model": completion.model,
         "shadow": shadow,
     }
-    rt.redis.set(state_key(ref, "result"), json.dumps(result), ex=RESULT_TTL_S)
+    rt.state.keep_result(ref, result)
     logsetup.bind(tier=completion.tier)  # where a fallback took the job
     log.info(
         "job computed",
@@ -617,7 +565,7 @@ def _settle_killed(ref: JobRef, rt: Runtime) -> None:
             extra=log_fields(ref, attempt=attempt, calls=len(calls)),
         )
 
-    journal.settle(rt.redis, state_key(ref, "calls"), record)
+    rt.state.settle(ref, record)
 
 
 def _hold(ref: JobRef, rt: Runtime, job: JobModule, github: GitHubPort, exc: Exception) -> None:
@@ -627,10 +575,7 @@ def _hold(ref: JobRef, rt: Runtime, job: JobModule, github: GitHubPort, exc: Exc
     counted from the first time it was held; after that it fails and the PR is told so.
     """
     hours = rt.policy.behaviour.hold_private_hours
-    rt.redis.set(state_key(ref, "held_since"), repr(time.time()), nx=True, ex=DONE_TTL_S)
-    raw = rt.redis.get(state_key(ref, "held_since"))
-    since = float(raw.decode() if isinstance(raw, bytes) else raw or time.time())
-    until = since + hours * 3600
+    until = rt.state.held_since(ref) + hours * 3600
     if time.time() >= until:
         raise ModelError(
             f"the private model stayed unavailable for over {hours:g} hours and this pull "
@@ -643,42 +588,36 @@ def _hold(ref: JobRef, rt: Runtime, job: JobModule, github: GitHubPort, exc: Exc
         until=datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%d %H:%M"),
         marker=job.MARKER,
     )
-    try:
-        if not rt.redis.exists(state_key(ref, "waiting")):
-            github.upsert_comment(ref.repo, ref.pr(), marker=job.MARKER, body=body)
-            rt.redis.set(state_key(ref, "waiting"), "1", ex=DONE_TTL_S)
-    except CibotError as error:
-        log.warning("waiting note not posted", extra=log_fields(ref, error=str(error)))
+    if not rt.state.waiting_noted(ref) and post_note(rt, ref, job.MARKER, body, github=github):
+        rt.state.note_waiting(ref)
     log.info("job held for the private model", extra=log_fields(ref, "local"))
 
 
 # ---- publish ----------------------------------------------------------------------------------
 
 
-def publish(ref: JobRef, rt: Runtime) -> Outcome:
+def publish(ref: JobRef, rt: Runtime) -> StepOutcome:
     """Post a computed result by upserting its marker, then close the job once."""
     job = job_module(ref.task)
-    if job is None or rt.redis.exists(state_key(ref, "done")):
-        return Outcome.DUPLICATE
-    raw = rt.redis.get(state_key(ref, "result"))
-    if raw is None:
+    if job is None or rt.state.done(ref):
+        return StepOutcome.DUPLICATE
+    result = rt.state.result(ref)
+    if result is None:
         log.warning("no stored result to publish", extra=log_fields(ref))
-        return Outcome.DUPLICATE
+        return StepOutcome.DUPLICATE
     newer = is_stale(ref, rt, job)
     if newer:
         rt.ledger.drop_job(ref, reason=f"superseded by {newer[:12]} before publishing")
-        rt.redis.delete(state_key(ref, "result"))
-        return Outcome.STALE
-    result = json.loads(raw)
+        rt.state.drop_result(ref)
+        return StepOutcome.STALE
     logsetup.bind(tier=result["tier"])
     # One publisher per PR and marker: the upsert reads then writes, and two at once
     # would both create a comment.
-    lock = f"cibot:publish:{ref.repo}#{ref.pr_number}:{job.MARKER}"
-    with redis_lock(rt, lock, PUBLISH_LOCK_TTL_S) as held:
+    with rt.state.publishing(ref, job.MARKER) as held:
         if not held:
-            return Outcome.BUSY
-        if rt.redis.exists(state_key(ref, "done")):
-            return Outcome.DUPLICATE
+            return StepOutcome.BUSY
+        if rt.state.done(ref):
+            return StepOutcome.DUPLICATE
         shadow = bool(result.get("shadow"))
         with contextlib.closing(github_for(rt, ref, shadow=shadow)) as github:
             posted = job.publish(github, ref, result["payload"])
@@ -691,12 +630,10 @@ def publish(ref: JobRef, rt: Runtime) -> Outcome:
                 removed=removed,
             )
         rt.ledger.finish_job(ref, closed)
-        rt.redis.set(state_key(ref, "done"), "1", ex=DONE_TTL_S)
-    rt.redis.delete(
-        state_key(ref, "result"), state_key(ref, "waiting"), state_key(ref, "held_since")
-    )
+        rt.state.mark_done(ref)
+    rt.state.finish(ref)
     log.info("job published", extra=log_fields(ref, result["tier"], comment_id=posted))
-    return Outcome.PUBLISHED
+    return StepOutcome.PUBLISHED
 
 
 # ---- failure --------------------------------------------------------------------------------
@@ -725,11 +662,7 @@ def fail(ref: JobRef, rt: Runtime, exc: BaseException) -> None:
     if job is None or ref.pr_number is None or not isinstance(exc, told):
         return
     body = failure_note(ref, exc, reason, marker=job.MARKER, path=_tier_path(ref, rt))
-    try:
-        with contextlib.closing(github_for(rt, ref)) as github:
-            github.upsert_comment(ref.repo, ref.pr_number, marker=job.MARKER, body=body)
-    except CibotError as error:
-        log.warning("failure note not posted", extra=log_fields(ref, error=str(error)))
+    post_note(rt, ref, job.MARKER, body)
 
 
 def failure_note(ref: JobRef, exc: BaseException, reason: str, *, marker: str, path: str) -> str:
@@ -760,14 +693,27 @@ def _tier_path(ref: JobRef, rt: Runtime) -> str:
 def _nothing_to_do(ref: JobRef, rt: Runtime, exc: NothingToDo, reason: str) -> None:
     """Drop a job with nothing to work on; answer a request the job did not answer itself."""
     rt.ledger.drop_job(ref, reason=reason)
-    rt.redis.set(state_key(ref, "done"), "1", ex=DONE_TTL_S)
+    rt.state.mark_done(ref)
     log.info("nothing to do", extra=log_fields(ref, reason=reason))
     job = job_module(ref.task) if ref.task in MODEL_TASKS else None
     if exc.posted or job is None or ref.pr_number is None or not ref.args.get("requested_by"):
         return
-    body = NOTHING_TEMPLATE.format(reason=reason, marker=job.MARKER)
+    post_note(rt, ref, job.MARKER, NOTHING_TEMPLATE.format(reason=reason, marker=job.MARKER))
+
+
+def post_note(
+    rt: Runtime, ref: JobRef, marker: str, body: str, *, github: GitHubPort | None = None
+) -> bool:
+    """Upsert a note on the job's PR; say whether it was posted.
+
+    A note is a courtesy: when GitHub refuses it (or the client cannot be had), the refusal
+    is logged and the job goes on. ``github`` is the job's open client, if it has one.
+    """
     try:
-        with contextlib.closing(github_for(rt, ref)) as github:
-            github.upsert_comment(ref.repo, ref.pr_number, marker=job.MARKER, body=body)
-    except CibotError as error:
-        log.warning("nothing-to-do note not posted", extra=log_fields(ref, error=str(error)))
+        with contextlib.ExitStack() as stack:
+            client = github or stack.enter_context(contextlib.closing(github_for(rt, ref)))
+            client.upsert_comment(ref.repo, ref.pr(), marker=marker, body=body)
+    except CibotError as exc:
+        log.warning("note not posted", extra=log_fields(ref, marker=marker, error=str(exc)))
+        return False
+    return True

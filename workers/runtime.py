@@ -1,4 +1,4 @@
-"""Hold one worker process's adapters: Redis, the ledger, the GitHub App and the model client.
+"""Hold one worker process's adapters: job state, the ledger, the GitHub App, the model client.
 
 The pipeline and the edge-task handlers talk to the outside only through a ``Runtime``;
 ``Runtime.build`` connects the real adapters, and ``workers.inline`` builds one for a
@@ -22,6 +22,7 @@ from workers.capture import Capture
 from workers.jobs.contract import GitHubPort, ModelPort
 from workers.leases import Leases
 from workers.ledger import Ledger
+from workers.state import JobState, RedisJobState
 
 
 @dataclass
@@ -43,6 +44,15 @@ class Runtime:
     leases: Leases | None = None
     # Opt-in, private record of prompts and replies for `cibot replay` (workers.capture).
     capture: Capture | None = None
+    # Where a job's state lives between steps; Redis (with the leases) unless given.
+    job_state: JobState | None = None
+
+    @property
+    def state(self) -> JobState:
+        """Return the job-state port: the given one, else Redis through ``redis``."""
+        if self.job_state is None:
+            self.job_state = RedisJobState(self.redis, self.leases)
+        return self.job_state
 
     @classmethod
     def build(

@@ -23,13 +23,13 @@ from bot.kernel.settings import Settings
 from policies.model import Policy
 from workers import metrics, outbox, pipeline
 from workers.jobs.contract import log_fields
-from workers.pipeline import Deadline, Outcome
+from workers.pipeline import Deadline, StepOutcome
 from workers.queues import Timing
 from workers.runtime import Runtime
 
 log = logging.getLogger("cibot.tasks")
 
-Step = Callable[[JobRef, Runtime], Outcome]
+Step = Callable[[JobRef, Runtime], StepOutcome]
 
 
 def retryable() -> tuple[type[BaseException], ...]:
@@ -171,7 +171,7 @@ def run_step(task: Any, step: Step, ref: JobRef, rt: Runtime, timing: Timing) ->
     except Exception as exc:  # a bug: record it and keep the worker alive
         log.exception("job crashed", extra=log_fields(ref))
         return _fail(task, ref, rt, exc, timing)
-    if outcome is Outcome.BUSY:
+    if outcome is StepOutcome.BUSY:
         if retries >= timing.max_retries:
             log.warning("job still busy; giving up", extra=log_fields(ref))
             return str(outcome)

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 from bot.kernel.commands import ESCALATION_TIERS, command_list
 from bot.kernel.errors import InputError
 from bot.kernel.jobs import JobRef
-from policies.loading import REPO_SOURCE, MergeResult, merge_repo_config
+from policies.loading import REPO_SOURCE, MergeResult
 from policies.model import Policy
+from workers import repo_config
 from workers.github import GitHubClient
 
 if TYPE_CHECKING:
@@ -136,15 +137,22 @@ def handle_command(
     *,
     gh: GitHubClient,
     policy: Policy,
+    merged: MergeResult | None = None,
     ledger: Ledger | None = None,
     bot_login: str = "cibot[bot]",
 ) -> list[JobRef]:
-    """Acknowledge a command, enforce the permission policy, and run or hand it off."""
+    """Acknowledge a command, enforce the permission policy, and run or hand it off.
+
+    ``merged`` is the repo's config already merged onto ``policy``, when the caller has
+    read it; otherwise it is read here.
+    """
     request = Request.of(job)
     if request.author.endswith("[bot]") or request.author.lower() == bot_login.lower():
         return []  # defence in depth: the edge already drops bot comments
     gh.add_reaction(job.repo, comment_id=request.comment_id, content="eyes")
-    env = Env(gh, _repo_policy(gh, job.repo, policy), ledger)
+    if merged is None:
+        merged, _ = repo_config.read(gh, job.repo, policy)
+    env = Env(gh, merged, ledger)
     required = env.policy.behaviour.command_permission
     have = gh.permission(job.repo, request.author)
     if _rank(have) < _rank(required):
@@ -168,12 +176,6 @@ def handle_command(
 def _rank(level: str) -> int:
     """Return a permission level's rank; unknown levels rank lowest."""
     return PERMISSION_ORDER.index(level) if level in PERMISSION_ORDER else 0
-
-
-def _repo_policy(gh: GitHubClient, repo: str, policy: Policy) -> MergeResult:
-    """Merge the repo's `.github/cibot.yml` (default branch) onto the operator policy."""
-    text = gh.default_branch_file(repo, REPO_SOURCE)
-    return merge_repo_config(policy, text, repo=repo)
 
 
 def _reply(env: Env, request: Request, body: str) -> None:
