@@ -15,7 +15,8 @@ import yaml
 from pydantic import AfterValidator, Field, TypeAdapter, ValidationError, field_validator
 
 from bot.kernel.errors import ConfigError
-from policies import detectors, semantic
+from policies import semantic
+from policies.globs import check_globs, compiled
 from policies.model import (
     Category,
     ContentRule,
@@ -166,7 +167,7 @@ def _compile_errors(policy: Policy) -> Iterator[tuple[str, str]]:
                 yield key, f"{rule.pattern[:40]!r} is not a valid regex ({exc})"
     for key, values in globs.items():
         try:
-            detectors.check_globs(values)
+            check_globs(values)
         except ValueError as exc:
             yield key, str(exc)
 
@@ -176,7 +177,7 @@ def check_compiles(policy: Policy, *, source: str) -> None:
     for key, problem in _compile_errors(policy):
         raise ConfigError(f"{source}: key '{key}': {problem}", key=key, source=source)
     try:
-        detectors.compiled(policy)
+        compiled(policy)
         semantic.rules(policy)
     except (ValueError, re.error) as exc:
         raise ConfigError(
@@ -315,7 +316,7 @@ def check_repo_globs(globs: tuple[str, ...]) -> tuple[str, ...]:
                 f"glob {glob[:40]!r} is over {MAX_GLOB_LENGTH} characters or "
                 f"{MAX_GLOB_WILDCARDS} wildcards"
             )
-    return detectors.check_globs(globs)
+    return check_globs(globs)
 
 
 Globs = Annotated[tuple[str, ...], AfterValidator(check_repo_globs)]

@@ -8,9 +8,9 @@ from typing import Any
 
 from bot.kernel.errors import InputError
 from policies import detectors
-from policies.detectors import Reason
 from policies.evidence import Evidence
 from policies.model import TASKS, TIER_ORDER, Policy
+from policies.reasons import Reason
 
 MAX_REASONS_PER_TRIGGER = 5
 

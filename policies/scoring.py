@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies.deps import Bump
-from policies.detectors import Reason
 from policies.model import CATEGORIES, Policy
+from policies.reasons import Reason
 from policies.routing import Decision, rank
 
 EVAL_TASKS: tuple[str, ...] = ("summary", "review", "deps", "ci")

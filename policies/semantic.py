@@ -19,9 +19,10 @@ import ahocorasick
 
 from policies import anatomy, deps
 from policies.anatomy import FileView
-from policies.detectors import GlobSet, Reason, compiled
 from policies.evidence import Evidence
+from policies.globs import GlobSet, compiled
 from policies.model import Policy
+from policies.reasons import Reason
 
 log = logging.getLogger("cibot.policies")
 

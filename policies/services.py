@@ -19,9 +19,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
-from policies import detectors
 from policies.evidence import Evidence, FileChange
+from policies.globs import GlobSet, compiled
 from policies.model import Policy
+from policies.reasons import Reason
 
 Reader = Callable[[str], str | None]
 
@@ -1155,7 +1156,7 @@ def merge(found: ServiceMap | None, policy: Policy) -> ServiceMap:
         )
         for name, svc in policy.services.items()
     ]
-    globs = detectors.compiled(policy).services
+    globs = compiled(policy).services
     kept: list[ServiceEntry] = []
     dropped: list[tuple[str, str]] = []
     for entry in found.services if found else ():
@@ -1181,7 +1182,7 @@ class _Index:
     """Look paths, lines and job names up against one merged map, compiled once."""
 
     merged: ServiceMap
-    configured: tuple[tuple[str, detectors.GlobSet, tuple[str, ...]], ...]
+    configured: tuple[tuple[str, GlobSet, tuple[str, ...]], ...]
     roots: tuple[str, ...]
     folders: Mapping[str, str]
     files: Mapping[str, str]
@@ -1227,7 +1228,7 @@ def _build_index(found: ServiceMap | None, policy: Policy) -> _Index:
     pattern = "|".join(re.escape(a) for a in sorted(alias_of, key=len, reverse=True))
     return _Index(
         merged=merged,
-        configured=detectors.compiled(policy).services,
+        configured=compiled(policy).services,
         roots=policy.service_roots,
         folders=folders,
         files=files,
@@ -1452,12 +1453,12 @@ def _path_failures(raw: str, evidence: Evidence, lookups: _Index) -> dict[str, s
     return hits
 
 
-def multi_service_failure(evidence: Evidence, policy: Policy) -> Iterator[detectors.Reason]:
+def multi_service_failure(evidence: Evidence, policy: Policy) -> Iterator[Reason]:
     """Yield a reason per failing service when CI failures span two or more services."""
     failing = failing_services(evidence, policy)
     if len(failing) >= 2:
         for service, why in sorted(failing.items()):
-            yield detectors.Reason("multi_service_failure", f"service '{service}' fails: {why}")
+            yield Reason("multi_service_failure", f"service '{service}' fails: {why}")
 
 
 # ---- without a checkout: services from the diff's own paths ---------------------------------

@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 
 from bot.kernel.errors import InputError
 from policies import detectors, semantic
-from policies.detectors import GlobSet, Reason
 from policies.evidence import CiFacts, Evidence, FileChange, evidence_from_diff, parse_diff
+from policies.globs import GlobSet, check_globs, compiled
 from policies.loading import build_policy, default_policy_text, parse_yaml
 from policies.model import Policy
+from policies.reasons import Reason
 
 DIFFS = Path(__file__).parent / "fixtures" / "diffs"
 POLICY = build_policy(parse_yaml(default_policy_text(), source="default"), source="default")
@@ -400,8 +401,8 @@ def test_globset_reports_which_glob_matched_and_ignores_negations() -> None:
 @pytest.mark.parametrize("bad", ["a\\", "[z-a]", "\\"])
 def test_check_globs_names_the_bad_glob(bad: str) -> None:
     with pytest.raises(ValueError, match="is not a valid gitignore-style pattern"):
-        detectors.check_globs(("ok/**", bad))
-    assert detectors.check_globs(("ok/**", "*.pem")) == ("ok/**", "*.pem")
+        check_globs(("ok/**", bad))
+    assert check_globs(("ok/**", "*.pem")) == ("ok/**", "*.pem")
 
 
 def service_policy() -> Policy:
@@ -505,9 +506,9 @@ def test_tests_triggers_fire_at_their_thresholds() -> None:
 
 
 def test_compiled_matchers_are_cached_per_policy_object() -> None:
-    assert detectors.compiled(POLICY) is detectors.compiled(POLICY)
+    assert compiled(POLICY) is compiled(POLICY)
     copy = POLICY.model_copy()
-    assert detectors.compiled(copy) is not detectors.compiled(POLICY)
+    assert compiled(copy) is not compiled(POLICY)
 
 
 def test_prose_that_mentions_sensitive_words_is_not_a_sensitive_change() -> None:

@@ -28,10 +28,10 @@ import yaml
 from bot import evaluate
 from bot.cli import main
 from policies import scoring
-from policies.detectors import Reason
 from policies.evidence import Evidence
 from policies.loading import default_policy_text, load_policy
 from policies.model import CATEGORIES, Policy
+from policies.reasons import Reason
 from policies.scoring import Entry, Ratio, Row
 from policies.services import ServiceEntry, ServiceMap
 

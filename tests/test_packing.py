@@ -10,9 +10,9 @@ import pytest
 from unidiff.patch import PatchSet
 
 from bot.kernel.errors import InputError
-from policies.detectors import Reason
 from policies.evidence import evidence_from_diff
 from policies.loading import load_policy
+from policies.reasons import Reason
 from policies.routing import route
 from policies.tokens import count
 from workers import pipeline

@@ -417,7 +417,7 @@ def test_reasons_are_capped_with_and_n_more() -> None:
 
 
 def test_cap_counts_per_trigger_and_category() -> None:
-    from policies.detectors import Reason
+    from policies.reasons import Reason
 
     reasons = [Reason("a", str(i), "auth") for i in range(7)]
     reasons += [Reason("a", str(i), "crypto") for i in range(3)]

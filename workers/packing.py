@@ -51,9 +51,9 @@ from policies.evidence import file_kind
 from policies.tokens import count
 
 if TYPE_CHECKING:
-    from policies.detectors import Reason as RouteReason
     from policies.evidence import Evidence
     from policies.model import Policy
+    from policies.reasons import Reason as RouteReason
 
 Reason = Literal[
     "deleted", "deletion_only", "lock_file", "generated", "binary", "budget", "truncated"
