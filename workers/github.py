@@ -10,7 +10,6 @@ can count it (https://docs.github.com/en/rest/using-the-rest-api/best-practices-
 from __future__ import annotations
 
 import logging
-import random
 import re
 import threading
 import time
@@ -44,6 +43,7 @@ from bot.kernel.errors import (
 )
 from bot.kernel.settings import Settings
 from workers import posts, redaction
+from workers.retry import Backoff, retrying
 
 log = logging.getLogger(__name__)
 
@@ -326,18 +326,17 @@ def _failure_fields(error: GitHubError) -> dict[str, object]:
     }
 
 
+# A rate-limit wait over the cap is the caller's to schedule (RateLimited.retry_after).
+GITHUB_BACKOFF = Backoff(base=1.0, cap=120.0, attempts=4)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RetryPolicy:
     """Retry rate limits and 5xx answers with bounded, jittered waits; fail fast on the rest."""
 
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.time
-    max_attempts: int = 4
-    backoff_base: float = 1.0
-    backoff_cap: float = 30.0
-    # A longer rate-limit wait is the caller's to schedule (RateLimited.retry_after).
-    max_wait: float = 120.0
-    jitter: Callable[[], float] = random.random
+    backoff: Backoff = GITHUB_BACKOFF
 
     def run(
         self,
@@ -351,35 +350,26 @@ class RetryPolicy:
         A failure is logged with its HTTP status and the operator's fix; ``expected``
         statuses (an absent file's 404) are logged at DEBUG only.
         """
-        attempt = 1
-        while True:
-            try:
-                return call()
-            except _RAW_ERRORS as exc:
-                error = _translate(exc, now=self.clock(), attempt=attempt)
-                wait = self.wait_before_retry(error, attempt)
-                fields = {**context, **_failure_fields(error), "call_attempt": attempt}
-                if wait is None:
-                    log.log(_failure_level(error, expected), "github call failed", extra=fields)
-                    raise error from exc
+
+        def pause(exc: Exception, attempt: int) -> float:
+            error = _translate(exc, now=self.clock(), attempt=attempt)
+            wait = self.wait_before_retry(error, attempt)
+            fields = {**context, **_failure_fields(error), "call_attempt": attempt}
+            if wait is None:
+                log.log(_failure_level(error, expected), "github call failed", extra=fields)
+                raise error from exc
             log.warning("github call retried", extra={**fields, "wait_s": round(wait, 3)})
-            self.sleep(wait)
-            attempt += 1
+            return wait
+
+        return retrying(call, on=_RAW_ERRORS, pause=pause, sleep=self.sleep)
 
     def wait_before_retry(self, error: GitHubError, attempt: int) -> float | None:
         """Return the seconds to wait before attempt ``attempt + 1``, or None to give up."""
-        if attempt >= self.max_attempts:
+        if isinstance(error, RateLimited) and error.retry_after > self.backoff.cap:
             return None
-        if isinstance(error, RateLimited):
-            return error.retry_after if error.retry_after <= self.max_wait else None
-        if isinstance(error, GitHubTransient):
-            return self.backoff(attempt)
+        if isinstance(error, RateLimited | GitHubTransient):
+            return self.backoff.pause(error, attempt)
         return None
-
-    def backoff(self, attempt: int) -> float:
-        """Return an 'equal jitter' exponential delay: half fixed, half random."""
-        ceiling = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
-        return float(ceiling / 2 + self.jitter() * ceiling / 2)
 
 
 # ---------------------------------------------------------------- the App

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,12 +19,13 @@ from bot.kernel.jobs import PUBLISH, RUN_JOB, JobRef
 from bot.kernel.settings import Settings
 from policies.model import Policy
 from workers.jobs.contract import log_fields
+from workers.retry import Backoff, retrying
 from workers.runtime import Runtime
 from workers.state import MemoryJobState
 
 __all__ = ["log_fields", "run", "with_head"]
 
-RETRIES = 4
+STEP_BACKOFF = Backoff(base=2.0, cap=60.0, attempts=5)  # a step: five tries at most
 DONE = """\
 cibot ci: {task} on {repo}#{pr} → {outcome}"""
 
@@ -90,14 +90,7 @@ def runtime(settings: Settings, policy: Policy, token: str) -> Any:
 
 def _with_retries(step: Any, ref: JobRef, rt: Any) -> Any:
     """Run a pipeline step, retrying transient errors a few times with backoff."""
-    for attempt in range(RETRIES + 1):
-        try:
-            return step(ref, rt)
-        except TRANSIENT as exc:
-            if attempt == RETRIES:
-                raise
-            time.sleep(min(getattr(exc, "retry_after", 0) or 2.0 * 2**attempt, 60))
-    return None
+    return retrying(lambda: step(ref, rt), on=TRANSIENT, pause=STEP_BACKOFF.pause)
 
 
 def with_head(ref: JobRef, settings: Settings, token: str) -> JobRef:

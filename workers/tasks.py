@@ -1,9 +1,9 @@
 """Register cibot's thin Celery tasks; each one calls a plain function in workers.pipeline.
 
 Retries: only transient errors (``bot.kernel.errors.TRANSIENT``, broker and database hiccups)
-are retried, with full-jitter exponential backoff, a GitHub ``retry_after`` when one is
-given, and a bounded count. Anything else fails fast: the reason goes to the ledger and,
-for model failures, to the PR. Tasks never raise for a failed job, so the message is
+are retried, with ``workers.retry``'s jittered exponential backoff, a GitHub ``retry_after``
+when one is given, and a bounded count. Anything else fails fast: the reason goes to the
+ledger and, for model failures, to the PR. Tasks never raise for a failed job, so the message is
 acked; only a retry that cannot reach the broker leaves it unacked, to be redelivered.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from bot.kernel import logsetup
-from bot.kernel.errors import TRANSIENT, CibotError, PrivateTierDown, RateLimited
+from bot.kernel.errors import TRANSIENT, CibotError, PrivateTierDown
 from bot.kernel.jobs import DISPATCH, PUBLISH, RUN_JOB, JobRef
 from bot.kernel.settings import Settings
 from policies.model import Policy
@@ -25,6 +25,7 @@ from workers import metrics, outbox, pipeline
 from workers.jobs.contract import log_fields
 from workers.pipeline import Deadline, StepOutcome
 from workers.queues import Timing
+from workers.retry import Backoff, retry_after, retrying
 from workers.runtime import Runtime
 
 log = logging.getLogger("cibot.tasks")
@@ -48,11 +49,8 @@ def retryable() -> tuple[type[BaseException], ...]:
 
 
 def backoff(retries: int, exc: BaseException | None, timing: Timing) -> float:
-    """Return the wait before retry number ``retries + 1``: retry-after, else full jitter."""
-    if isinstance(exc, RateLimited) and exc.retry_after > 0:
-        return min(exc.retry_after, timing.retry_max_delay)
-    ceiling = min(timing.retry_max_delay, 2.0 * 2**retries)
-    return random.uniform(0, ceiling)
+    """Return the wait before retry number ``retries + 1``: retry-after, else jittered backoff."""
+    return Backoff(base=2.0, cap=timing.retry_max_delay).delay(retries + 1, retry_after(exc))
 
 
 class LazyRuntime:
@@ -190,6 +188,7 @@ def _fail(task: Any, ref: JobRef, rt: Runtime, exc: BaseException, timing: Timin
 
 
 BROKER_WAIT_S = 300.0  # how long a retry waits for the broker to come back before giving up
+BROKER_BACKOFF = Backoff(base=0.5, cap=5.0)  # the wait between tries to send it
 
 
 def retry_later(task: Any, *, exc: BaseException | None, countdown: float) -> BaseException:
@@ -203,16 +202,21 @@ def retry_later(task: Any, *, exc: BaseException | None, countdown: float) -> Ba
     from celery.exceptions import Reject
 
     broker_down = (kombu.exceptions.OperationalError, redis.exceptions.ConnectionError, OSError)
-    waited, pause = 0.0, 0.5
-    while True:
-        try:
-            return cast(BaseException, task.retry(exc=exc, countdown=countdown))
-        except (Reject, *broker_down) as error:
-            # Celery turns a retry it could not send into Reject(requeue=False): the message
-            # would be dropped. Wait for the broker instead, while our lease keeps it.
-            cause = error.reason if isinstance(error, Reject) else error
-            if not isinstance(cause, broker_down) or waited >= BROKER_WAIT_S:
-                raise
-            log.warning("broker unavailable; waiting to send the retry", extra={"waited_s": waited})
-            time.sleep(pause)
-            waited, pause = waited + pause, min(pause * 2, 5.0)
+    waited = 0.0
+
+    def pause(error: Exception, attempt: int) -> float | None:
+        # Celery turns a retry it could not send into Reject(requeue=False): the message
+        # would be dropped. Wait for the broker instead, while our lease keeps it.
+        nonlocal waited
+        cause = error.reason if isinstance(error, Reject) else error
+        if not isinstance(cause, broker_down) or waited >= BROKER_WAIT_S:
+            return None
+        log.warning("broker unavailable; waiting to send the retry", extra={"waited_s": waited})
+        wait = BROKER_BACKOFF.delay(attempt)
+        waited += wait
+        return wait
+
+    def send() -> BaseException:
+        return cast(BaseException, task.retry(exc=exc, countdown=countdown))
+
+    return retrying(send, on=(Reject, *broker_down), pause=pause)
