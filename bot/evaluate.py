@@ -19,7 +19,7 @@ from policies import deps, detectors, scoring, tokens
 from policies.evidence import CiFacts, Evidence, evidence_from_diff
 from policies.model import CATEGORIES, Policy
 from policies.routing import Decision, route, route_many
-from policies.scoring import EVAL_TASKS, Case, Entry, LabelledBump, Outcome, Report, Row
+from policies.scoring import EVAL_TASKS, Case, CaseOutcome, Entry, LabelledBump, Report, Row
 
 REQUIRED = ("id", "diff", "sensitive", "categories", "services_touched", "dependency_bump")
 BUMP_KEYS = ("package", "from", "to", "breaking")
@@ -296,7 +296,7 @@ def evaluate(
 
 def outcome(
     item: Located, policy: Policy, tasks: Sequence[str], services: ServicesApi | None
-) -> Outcome:
+) -> CaseOutcome:
     """Parse one case's diff, route its tasks, and time both."""
     data = _read(item.diff, item.case, item.case.diff)
     paths = None
@@ -307,7 +307,7 @@ def outcome(
     decisions, ci = _route(evidence, policy, tasks)
     seconds = time.perf_counter() - start
     touched = dict(services.touched(evidence, policy)) if services is not None else None
-    return Outcome(
+    return CaseOutcome(
         case=item.case,
         decisions=decisions,
         bumps=tuple(deps.bumps(evidence.files)),

@@ -58,7 +58,7 @@ class Case:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class CaseOutcome:
     """Hold what the router made of one case.
 
     ``ci_services`` maps each service the simulated CI failure was traced to; ``touched``
@@ -187,11 +187,11 @@ class Report:
 class Rule:
     """Say, for one row, which cases are positive, which the router caught or flagged, and why."""
 
-    positive: Callable[[Outcome], bool]
-    caught: Callable[[Outcome], bool]
-    flagged: Callable[[Outcome], bool]
+    positive: Callable[[CaseOutcome], bool]
+    caught: Callable[[CaseOutcome], bool]
+    flagged: Callable[[CaseOutcome], bool]
     label: Callable[[Case], str]
-    why: Callable[[Outcome], tuple[Reason, ...]]
+    why: Callable[[CaseOutcome], tuple[Reason, ...]]
 
 
 def escalated(decision: Decision, policy: Policy) -> bool:
@@ -265,7 +265,7 @@ def _detected(bumps: Iterable[Bump]) -> tuple[Reason, ...]:
     return found or (Reason("detected_bump", "no bump detected"),)
 
 
-def _ci_seen(outcome: Outcome) -> tuple[Reason, ...]:
+def _ci_seen(outcome: CaseOutcome) -> tuple[Reason, ...]:
     """Describe the services the simulated CI failure was traced to."""
     seen = outcome.ci_services or {}
     where = ", ".join(f"{name} ({path})" for name, path in sorted(seen.items()))
@@ -275,7 +275,7 @@ def _ci_seen(outcome: Outcome) -> tuple[Reason, ...]:
 def sensitive_rule(task: str, policy: Policy) -> Rule:
     """Score the sensitive-change trigger on one task."""
 
-    def hit(o: Outcome) -> bool:
+    def hit(o: CaseOutcome) -> bool:
         return escalated(o.decisions[task], policy)
 
     return Rule(
@@ -290,7 +290,7 @@ def sensitive_rule(task: str, policy: Policy) -> Rule:
 def category_rule(category: str, task: str) -> Rule:
     """Score one category against the categories of ``task``'s decision."""
 
-    def hit(o: Outcome) -> bool:
+    def hit(o: CaseOutcome) -> bool:
         return category in o.decisions[task].categories
 
     return Rule(
@@ -305,7 +305,7 @@ def category_rule(category: str, task: str) -> Rule:
 def deps_rule(policy: Policy) -> Rule:
     """Score the deps task's escalation on breaking bumps."""
 
-    def hit(o: Outcome) -> bool:
+    def hit(o: CaseOutcome) -> bool:
         return escalated(o.decisions["deps"], policy)
 
     return Rule(
@@ -320,10 +320,10 @@ def deps_rule(policy: Policy) -> Rule:
 def ci_rule(policy: Policy) -> Rule:
     """Score the ci task's escalation on failures spanning two or more services."""
 
-    def flagged(o: Outcome) -> bool:
+    def flagged(o: CaseOutcome) -> bool:
         return escalated(o.decisions["ci"], policy)
 
-    def caught(o: Outcome) -> bool:
+    def caught(o: CaseOutcome) -> bool:
         return flagged(o) and any(r.trigger == CI_TRIGGER for r in o.decisions["ci"].reasons)
 
     return Rule(
@@ -335,7 +335,7 @@ def ci_rule(policy: Policy) -> Rule:
     )
 
 
-def row(name: str, kind: str, outcomes: Sequence[Outcome], rule: Rule) -> Row:
+def row(name: str, kind: str, outcomes: Sequence[CaseOutcome], rule: Rule) -> Row:
     """Count one row and list its misses and false escalations."""
     positives = [o for o in outcomes if rule.positive(o)]
     negatives = [o for o in outcomes if not rule.positive(o)]
@@ -353,7 +353,7 @@ def row(name: str, kind: str, outcomes: Sequence[Outcome], rule: Rule) -> Row:
     )
 
 
-def _entry(outcome: Outcome, rule: Rule) -> Entry:
+def _entry(outcome: CaseOutcome, rule: Rule) -> Entry:
     """List one case with its label, note and reasons."""
     case = outcome.case
     return Entry(case.id, rule.label(case), case.note, rule.why(outcome))
@@ -366,7 +366,7 @@ def task_rule(task: str, policy: Policy) -> Rule:
     return deps_rule(policy) if task == "deps" else ci_rule(policy)
 
 
-def rows(outcomes: Sequence[Outcome], policy: Policy, tasks: Sequence[str]) -> tuple[Row, ...]:
+def rows(outcomes: Sequence[CaseOutcome], policy: Policy, tasks: Sequence[str]) -> tuple[Row, ...]:
     """Score each chosen task, with the category rows after the sensitive-change tasks."""
     scored = [row(task, "task", outcomes, task_rule(task, policy)) for task in tasks]
     sensitive = [i for i, task in enumerate(tasks) if task in SENSITIVE_TASKS]
@@ -378,7 +378,7 @@ def rows(outcomes: Sequence[Outcome], policy: Policy, tasks: Sequence[str]) -> t
     return tuple(scored)
 
 
-def bump_check(outcomes: Sequence[Outcome]) -> Check:
+def bump_check(outcomes: Sequence[CaseOutcome]) -> Check:
     """Score bump detection on the cases whose label names a bump."""
     labelled = [o for o in outcomes if o.case.bump is not None]
     wrong = [o for o in labelled if not bump_found(o.case, o.bumps)]
@@ -391,7 +391,7 @@ def bump_check(outcomes: Sequence[Outcome]) -> Check:
     )
 
 
-def services_check(outcomes: Sequence[Outcome]) -> Check | None:
+def services_check(outcomes: Sequence[CaseOutcome]) -> Check | None:
     """Score service discovery: cases whose touched services equal the label; None if absent."""
     if not outcomes or any(o.touched is None for o in outcomes):
         return None
@@ -403,7 +403,7 @@ def services_check(outcomes: Sequence[Outcome]) -> Check | None:
     )
 
 
-def _touched_entry(outcome: Outcome) -> Entry:
+def _touched_entry(outcome: CaseOutcome) -> Entry:
     """List a case whose touched services differ from the label, with discovery's reasons."""
     touched = outcome.touched or {}
     reasons = tuple(Reason("touched", f"{name}: {why}") for name, why in sorted(touched.items()))
@@ -426,7 +426,7 @@ def timing(seconds: Sequence[float]) -> Timing:
 
 
 def score(
-    outcomes: Sequence[Outcome],
+    outcomes: Sequence[CaseOutcome],
     policy: Policy,
     tasks: Sequence[str] = EVAL_TASKS,
     *,

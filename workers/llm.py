@@ -44,8 +44,8 @@ log = logging.getLogger("cibot.llm")
 
 MODEL_TIERS: tuple[str, ...] = ("local", "mid", "frontier")
 Message = Mapping[str, Any]
-Outcome = Literal["ok", "error", "invalid", "skipped"]
-SKIPPED: Outcome = "skipped"  # a tier ruled out before any call; costs nothing
+CallOutcome = Literal["ok", "error", "invalid", "skipped"]
+SKIPPED: CallOutcome = "skipped"  # a tier ruled out before any call; costs nothing
 
 # Model-facing text (the bot's own PR notes live with the job pipeline).
 REPAIR_PROMPT = (
@@ -100,7 +100,7 @@ class CallRecord:
     cached_tokens: int = 0
     latency_s: float = 0.0
     cost_usd: float = 0.0
-    outcome: Outcome = "ok"
+    outcome: CallOutcome = "ok"
     error_kind: str = ""
     escalation_reason: str = ""
     redactions: dict[str, int] = field(default_factory=dict)
@@ -549,7 +549,7 @@ class ModelClient:
         self._settle(request, reserved, cost)
         try:
             data: Any = check_reply(text, request.schema, request.validate)
-            outcome: Outcome = "ok"
+            outcome: CallOutcome = "ok"
         except InvalidOutput as exc:
             data, outcome = _Failed("invalid_output", exc), "invalid"
         self._record(
