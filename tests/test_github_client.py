@@ -571,21 +571,11 @@ def test_check_run_upsert_updates_its_own_run(fake: FakeGitHub, client: GitHubCl
     assert runs[foreign]["conclusion"] == "neutral"
 
 
-def test_reaction_labels_and_reviewers(fake: FakeGitHub, client: GitHubClient) -> None:
+def test_a_reaction_is_added_once(fake: FakeGitHub, client: GitHubClient) -> None:
     command = fake.add_comment(REPO, 7, "/cibot review", author="bob")
     client.add_reaction(REPO, comment_id=command, content="eyes")
     client.add_reaction(REPO, comment_id=command, content="eyes")
     assert [r["content"] for r in fake.reactions(REPO, command)] == ["eyes"]
-    client.add_labels(REPO, 7, ["cibot:frontier", "security"])
-    assert fake.labels(REPO, 7) == ["security", "cibot:frontier"]
-    client.request_reviewers(REPO, 7, ["bob", "carol"])
-    assert fake.requested_reviewers(REPO, 7) == ["bob", "carol"]
-    with pytest.raises(GitHubValidation):
-        client.request_reviewers(REPO, 7, ["alice"])  # the PR's author
-    calls = len(fake.calls)
-    client.add_labels(REPO, 7, [])
-    client.request_reviewers(REPO, 7, [])
-    assert len(fake.calls) == calls
 
 
 def test_push_files_creates_then_moves_the_branch(fake: FakeGitHub, client: GitHubClient) -> None:
@@ -735,10 +725,10 @@ def test_5xx_retries_are_bounded(fake: FakeGitHub, client: GitHubClient, sleeps:
 
 
 def test_422_is_never_retried(fake: FakeGitHub, client: GitHubClient, sleeps: Sleeps) -> None:
-    fake.inject("POST", r"/labels$", status=422)
+    fake.inject("POST", r"/reactions$", status=422)
     with pytest.raises(GitHubValidation):
-        client.add_labels(REPO, 7, ["x"])
-    assert len(fake.calls_to("POST", r"/labels$")) == 1
+        client.add_reaction(REPO, comment_id=1, content="eyes")
+    assert len(fake.calls_to("POST", r"/reactions$")) == 1
     assert sleeps == []
 
 

@@ -1054,24 +1054,6 @@ class GitHubClient:
             lambda: self._comment(repo, comment_id).create_reaction(content),
         )
 
-    def add_labels(self, repo: str, number: int, labels: Sequence[str]) -> None:
-        """Add labels to the PR, keeping the ones it has."""
-        if not labels:
-            return
-        self._call(
-            "add_labels", repo, lambda: self._repo(repo).get_issue(number).add_to_labels(*labels)
-        )
-
-    def request_reviewers(self, repo: str, number: int, reviewers: Sequence[str]) -> None:
-        """Ask users to review the PR."""
-        if not reviewers:
-            return
-        self._call(
-            "request_reviewers",
-            repo,
-            lambda: self._pull(repo, number).create_review_request(reviewers=list(reviewers)),
-        )
-
     def push_files(
         self, repo: str, *, branch: str, base_sha: str, files: Mapping[str, str], message: str
     ) -> str:
@@ -1150,14 +1132,6 @@ class _Chunks(Iterator[bytes]):
     def close(self) -> None:
         """Release the connection."""
         self._response.close()
-
-    def __enter__(self) -> _Chunks:
-        """Use the stream as a context manager."""
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        """Close the stream."""
-        self.close()
 
 
 def _check_repo(repo: str) -> str:

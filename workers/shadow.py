@@ -16,18 +16,10 @@ from typing import Any
 
 from policies.model import Policy
 
-# The GitHub client's writes: comments, reviews, check runs, reactions, labels, reviewers,
-# and the generated-tests branch.
+# The GitHub client's writes: comments, reviews, check runs, reactions, and the
+# generated-tests branch.
 WRITES = frozenset(
-    {
-        "upsert_comment",
-        "create_review",
-        "upsert_check_run",
-        "add_reaction",
-        "add_labels",
-        "request_reviewers",
-        "push_files",
-    }
+    {"upsert_comment", "create_review", "upsert_check_run", "add_reaction", "push_files"}
 )
 NOTE_LIMIT = 300
 # What a swallowed write returns: no id (0) for posts, no SHA for a push, None otherwise.
