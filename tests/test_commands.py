@@ -369,7 +369,8 @@ def test_cost_without_a_ledger_is_a_clearly_marked_placeholder(
 def test_cost_sums_this_prs_calls_from_the_ledger(
     github: FakeGitHub, gh: GitHubClient, policy: Policy, tmp_path: Any
 ) -> None:
-    from workers.ledger import CallInput, JobResult, Ledger
+    from workers.ledger import JobResult, Ledger
+    from workers.llm import CallRecord
 
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     try:
@@ -406,7 +407,7 @@ def test_cost_sums_this_prs_calls_from_the_ledger(
                         status="succeeded",
                         tier=tier,
                         calls=[
-                            CallInput(
+                            CallRecord(
                                 tier=tier,
                                 model="m",
                                 prompt_tokens=1000,

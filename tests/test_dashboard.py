@@ -21,7 +21,8 @@ from tests.edge_server import SECRET
 from tests.test_report import MONTHLY, api, local
 from workers import charts
 from workers.dashboard import Dashboard
-from workers.ledger import SUCCEEDED, CallInput, JobResult, Ledger
+from workers.ledger import SUCCEEDED, JobResult, Ledger
+from workers.llm import CallRecord
 from workers.report import month_start
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -122,7 +123,7 @@ def run_job(
     pr: int,
     task: str,
     at: datetime,
-    calls: list[CallInput],
+    calls: list[CallRecord],
     comment_id: int | None = None,
     shadow: bool = False,
 ) -> None:

@@ -8,7 +8,6 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from workers.ledger import (
     RUNNING,
     SUCCEEDED,
     Base,
-    CallInput,
     JobRecord,
     JobResult,
     Ledger,
@@ -34,6 +32,7 @@ from workers.ledger import (
     tier_path,
     walk,
 )
+from workers.llm import CallOutcome, CallRecord
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -70,29 +69,29 @@ def ledger(database_url: str) -> Iterator[Ledger]:
     opened.close()
 
 
-@dataclass(frozen=True)
-class Redaction:
-    """Look like the model client's redaction record, secret text included."""
-
-    kind: str
-    text: str
-
-
-@dataclass(frozen=True)
-class FakeCall:
-    """Look like the model client's CallRecord."""
-
-    tier: str
-    model: str
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
-    outcome: str = "ok"
-    redactions: tuple[Redaction, ...] = ()
-    cached_tokens: int = 0
-    latency_s: float = 0.5
-    error_kind: str = ""
-    escalation_reason: str = ""
+def model_call(
+    tier: str,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cost_usd: float,
+    outcome: CallOutcome = "ok",
+    *,
+    escalation_reason: str = "",
+    redactions: dict[str, int] | None = None,
+) -> CallRecord:
+    """Build a CallRecord as the model client makes one, half a second long."""
+    return CallRecord(
+        tier,
+        model,
+        prompt_tokens,
+        completion_tokens,
+        cost_usd=cost_usd,
+        outcome=outcome,
+        latency_s=0.5,
+        escalation_reason=escalation_reason,
+        redactions=redactions or {},
+    )
 
 
 def ref(pr: int = 7, sha: str = "a" * 40, task: str = "summary") -> JobRef:
@@ -107,46 +106,38 @@ def ref(pr: int = 7, sha: str = "a" * 40, task: str = "summary") -> JobRef:
     )
 
 
-def calls() -> list[CallInput]:
+def calls() -> list[CallRecord]:
     """Return a fallback: local failed validation, then mid answered."""
     return [
-        CallInput.of(FakeCall("local", "hosted_vllm/oss", 1000, 200, 0.0, outcome="invalid")),
-        CallInput.of(
-            FakeCall("mid", "anthropic/sonnet", 1000, 300, 0.02, escalation_reason="invalid_output")
-        ),
+        model_call("local", "hosted_vllm/oss", 1000, 200, 0.0, outcome="invalid"),
+        model_call("mid", "anthropic/sonnet", 1000, 300, 0.02, escalation_reason="invalid_output"),
     ]
 
 
-def failed_walk() -> list[CallInput]:
+def failed_walk() -> list[CallRecord]:
     """Return a walk with no valid reply: local and its repair, then mid, then frontier."""
     return [
-        CallInput.of(FakeCall("local", "hosted_vllm/oss", 900, 150, 0.0004, outcome="invalid")),
-        CallInput.of(
-            FakeCall(
-                "local", "hosted_vllm/oss", 1100, 160, 0.0005, "invalid", escalation_reason="repair"
-            )
+        model_call("local", "hosted_vllm/oss", 900, 150, 0.0004, outcome="invalid"),
+        model_call(
+            "local", "hosted_vllm/oss", 1100, 160, 0.0005, "invalid", escalation_reason="repair"
         ),
-        CallInput.of(
-            FakeCall(
-                "mid",
-                "openai/gpt-5",
-                900,
-                200,
-                0.003,
-                "invalid",
-                escalation_reason="invalid_output",
-            )
+        model_call(
+            "mid",
+            "openai/gpt-5",
+            900,
+            200,
+            0.003,
+            "invalid",
+            escalation_reason="invalid_output",
         ),
-        CallInput.of(
-            FakeCall(
-                "frontier",
-                "openai/gpt-5.5",
-                900,
-                200,
-                0.03,
-                "invalid",
-                escalation_reason="invalid_output",
-            )
+        model_call(
+            "frontier",
+            "openai/gpt-5.5",
+            900,
+            200,
+            0.03,
+            "invalid",
+            escalation_reason="invalid_output",
         ),
     ]
 
@@ -250,16 +241,9 @@ def test_drop_records_a_stale_job(ledger: Ledger) -> None:
 def test_no_code_or_secret_text_reaches_the_database(ledger: Ledger, database_url: str) -> None:
     """Redactions are counted by kind; their text is never stored."""
     secret = "AKIAIOSFODNN7EXAMPLE"
-    record = FakeCall(
-        "mid",
-        "anthropic/sonnet",
-        10,
-        5,
-        0.001,
-        redactions=(Redaction("AWSKeyDetector", secret), Redaction("AWSKeyDetector", secret + "2")),
-    )
-    call = CallInput.of(record)
-    assert (call.redactions, call.redaction_kinds) == (2, "AWSKeyDetector")
+    call = model_call("mid", "anthropic/sonnet", 10, 5, 0.001, redactions={"AWSKeyDetector": 2})
+    values = call.ledger_values()
+    assert (values["redactions"], values["redaction_kinds"]) == (2, "AWSKeyDetector")
     ledger.finish_job(ref(), JobResult(status=SUCCEEDED, tier="mid", calls=[call]))
     with ledger.engine.connect() as conn:
         dumped = [
@@ -298,7 +282,7 @@ def test_acceptance_and_frontier_spend_feed_routing(ledger: Ledger) -> None:
                 status=SUCCEEDED,
                 tier="local",
                 comment_id=100 + pr,
-                calls=[CallInput(tier="local", model="m")],
+                calls=[CallRecord(tier="local", model="m")],
             ),
             at=T0,
         )
@@ -318,9 +302,9 @@ def test_acceptance_and_frontier_spend_feed_routing(ledger: Ledger) -> None:
             status=SUCCEEDED,
             tier="frontier",
             calls=[
-                CallInput(tier="frontier", model="opus", cost_usd=1.5),
-                CallInput(tier="mid", model="sonnet", cost_usd=0.25),
-                CallInput(tier="local", model="oss", cost_usd=0.01),
+                CallRecord(tier="frontier", model="opus", cost_usd=1.5),
+                CallRecord(tier="mid", model="sonnet", cost_usd=0.25),
+                CallRecord(tier="local", model="oss", cost_usd=0.01),
             ],
         ),
         at=T0,
@@ -348,7 +332,7 @@ def test_rows_respect_the_window(ledger: Ledger) -> None:
             JobResult(
                 status=SUCCEEDED,
                 tier="local",
-                calls=[CallInput(tier="local", model="m", prompt_tokens=5)],
+                calls=[CallRecord(tier="local", model="m", prompt_tokens=5)],
             ),
             at=T0 + timedelta(days=days),
         )
@@ -449,10 +433,10 @@ def test_a_failed_walk_counts_every_step_and_keeps_every_call(ledger: Ledger) ->
 def test_a_success_with_one_fallback_and_a_budget_skip(ledger: Ledger) -> None:
     """A refused tier (a skipped record) is a step of the walk but not a call in the report."""
     job = ref(pr=12, task="review")
-    skipped = CallInput(
+    skipped = CallRecord(
         tier="mid", model="openai/gpt-5", outcome="skipped", error_kind="over_budget"
     )
-    served = CallInput(
+    served = CallRecord(
         tier="local", model="hosted_vllm/oss", prompt_tokens=800, escalation_reason="over_budget"
     )
     ledger.finish_job(job, JobResult(status=SUCCEEDED, tier="local", calls=[skipped, served]))

@@ -20,7 +20,8 @@ from tests.test_pipeline import DIFF, GOOD, INSTALLATION, REPO, World, fakes, wo
 from workers import journal, pipeline
 from workers.journal import KILLED, Journal
 from workers.leases import UNACKED_INDEX, Leases
-from workers.ledger import HELD, SUCCEEDED, CallInput, job_key
+from workers.ledger import HELD, SUCCEEDED, job_key
+from workers.llm import CallRecord
 from workers.pipeline import Deadline, StepOutcome
 from workers.shadow import ShadowGitHub, shadowed
 from workers.state import state_key
@@ -100,8 +101,8 @@ def test_a_killed_attempts_journaled_calls_are_recorded_by_the_next(world: World
     assert pipeline.dispatch(ref, world.rt) is StepOutcome.QUEUED
     dead: list[Any] = []
     trail = Journal(world.rt.redis, state_key(ref, "calls"), "dead01", dead)
-    trail(CallInput(tier="local", model="m", prompt_tokens=900, completion_tokens=40))
-    trail.begin(CallInput(tier="local", model="m", prompt_tokens=950, cost_usd=0.002))
+    trail(CallRecord(tier="local", model="m", prompt_tokens=900, completion_tokens=40))
+    trail.begin(CallRecord(tier="local", model="m", prompt_tokens=950, cost_usd=0.002))
     # ... and then SIGKILL: nothing more from that attempt.
     assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is StepOutcome.COMPUTED
     calls = world.rt.ledger.calls(job_key(ref))

@@ -15,7 +15,8 @@ import pytest
 from bot.kernel.jobs import JobRef
 from policies.loading import load_policy
 from policies.model import Policy
-from workers.ledger import FAILED, SUCCEEDED, CallInput, JobResult, Ledger, OutcomeRow
+from workers.ledger import FAILED, SUCCEEDED, JobResult, Ledger, OutcomeRow
+from workers.llm import CallRecord
 from workers.report import compute_report, parse_when, render_text
 
 SINCE = datetime(2025, 3, 1, tzinfo=UTC)
@@ -38,7 +39,7 @@ def job(
     pr: int,
     task: str,
     at: datetime,
-    calls: list[CallInput],
+    calls: list[CallRecord],
     status: str = SUCCEEDED,
 ) -> None:
     """Run one job through the ledger the way the pipeline does."""
@@ -62,14 +63,14 @@ def job(
     )
 
 
-def local(tokens: int) -> CallInput:
+def local(tokens: int) -> CallRecord:
     """Return a private call of ``tokens`` prompt tokens."""
-    return CallInput(tier="local", model="hosted_vllm/oss", prompt_tokens=tokens)
+    return CallRecord(tier="local", model="hosted_vllm/oss", prompt_tokens=tokens)
 
 
-def api(tier: str, usd: float) -> CallInput:
+def api(tier: str, usd: float) -> CallRecord:
     """Return an API call costing ``usd``."""
-    return CallInput(tier=tier, model=f"{tier}-model", prompt_tokens=100, cost_usd=usd)
+    return CallRecord(tier=tier, model=f"{tier}-model", prompt_tokens=100, cost_usd=usd)
 
 
 @pytest.fixture

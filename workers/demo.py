@@ -22,7 +22,8 @@ from bot.kernel.jobs import JobRef
 from bot.kernel.settings import Settings
 from policies.loading import load_policy
 from policies.model import Policy
-from workers.ledger import FAILED, SUCCEEDED, CallInput, JobResult, Ledger
+from workers.ledger import FAILED, SUCCEEDED, JobResult, Ledger
+from workers.llm import CallRecord
 
 ACCOUNT = "demo (simulated)"
 INSTALLATION = 7_000_001
@@ -86,7 +87,7 @@ class Job:
     ref: JobRef
     at: datetime
     tier: str
-    calls: Sequence[CallInput]
+    calls: Sequence[CallRecord]
     status: str = SUCCEEDED
     shadow: bool = False
     comment_id: int | None = None
@@ -235,13 +236,13 @@ def _call(
     tier: str,
     reason: str,
     prices: dict[str, tuple[float, float]],
-) -> CallInput:
+) -> CallRecord:
     """Return one simulated model call: tokens for the task, priced for the tier."""
     _, prompt_range, completion_range = TASKS[task]
     prompt, completion = rng.randint(*prompt_range), rng.randint(*completion_range)
     prompt_price, completion_price = prices.get(tier, (0.0, 0.0))
     model = {"local": "hosted_vllm/openai/gpt-oss-120b"}.get(tier, f"demo-{tier}-model")
-    return CallInput(
+    return CallRecord(
         tier=tier,
         model=model,
         prompt_tokens=prompt,

@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from workers.ledger import CallInput
+from workers.llm import CallRecord
 
 KILLED = "worker_lost"  # the error_kind of a call whose attempt died while it ran
 TTL_S = 7 * 24 * 3600
@@ -35,15 +35,15 @@ class Journal:
         self.calls = calls
         self._pending = False
 
-    def begin(self, provisional: Any) -> None:
+    def begin(self, provisional: CallRecord) -> None:
         """Journal a call about to be made (the model client calls this first)."""
-        self._write(len(self.calls), dataclasses.replace(_input(provisional), error_kind=KILLED))
+        self._write(len(self.calls), dataclasses.replace(provisional, error_kind=KILLED))
         self._pending = True
 
-    def __call__(self, record: Any) -> None:
+    def __call__(self, record: CallRecord) -> None:
         """Keep a finished call (or a skipped tier) and journal it over its provisional row."""
         self.calls.append(record)
-        self._write(len(self.calls) - 1, _input(record))
+        self._write(len(self.calls) - 1, record)
         self._pending = False
 
     def close(self) -> None:
@@ -51,26 +51,21 @@ class Journal:
         fields = [f"{self.attempt}#{i}" for i in range(len(self.calls) + 1)]
         self.client.hdel(self.key, *fields)
 
-    def _write(self, index: int, call: CallInput) -> None:
+    def _write(self, index: int, call: CallRecord) -> None:
         """Store one call under ``attempt#index``."""
         self.client.hset(self.key, f"{self.attempt}#{index}", json.dumps(dataclasses.asdict(call)))
         self.client.expire(self.key, TTL_S)
 
 
-def _input(record: Any) -> CallInput:
-    """Normalise a model client call record for the ledger."""
-    return record if isinstance(record, CallInput) else CallInput.of(record)
-
-
-def orphans(client: Any, key: str) -> dict[str, dict[str, CallInput]]:
+def orphans(client: Any, key: str) -> dict[str, dict[str, CallRecord]]:
     """Return every journaled attempt's calls, by attempt then field, in call order."""
     raw: dict[Any, Any] = client.hgetall(key) or {}
-    found: dict[str, dict[str, CallInput]] = {}
+    found: dict[str, dict[str, CallRecord]] = {}
     for field, value in sorted(raw.items(), key=lambda item: _order(item[0])):
         name = field.decode() if isinstance(field, bytes) else str(field)
         attempt, _, index = name.rpartition("#")
         if attempt and index.isdigit():
-            found.setdefault(attempt, {})[name] = CallInput(**json.loads(value))
+            found.setdefault(attempt, {})[name] = CallRecord(**json.loads(value))
     return found
 
 
@@ -81,7 +76,7 @@ def _order(field: Any) -> tuple[str, int]:
     return attempt, int(index) if index.isdigit() else -1
 
 
-def settle(client: Any, key: str, record: Callable[[str, list[CallInput]], None]) -> int:
+def settle(client: Any, key: str, record: Callable[[str, list[CallRecord]], None]) -> int:
     """Hand each dead attempt's journaled calls to ``record``, then drop them; return how many.
 
     Call it only while holding the job's lock: then no live attempt is journaling.

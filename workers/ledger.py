@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
@@ -50,6 +50,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bot.kernel.errors import ConfigError
 from bot.kernel.jobs import JobRef
+
+if TYPE_CHECKING:
+    from workers.llm import CallRecord
 
 log = logging.getLogger(__name__)
 
@@ -296,60 +299,13 @@ class OutcomeRow:
 
 
 @dataclass(frozen=True)
-class CallInput:
-    """Normalise one model call record (from the model client) for the ledger."""
-
-    tier: str
-    model: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    latency_s: float = 0.0
-    cost_usd: float = 0.0
-    outcome: str = "ok"
-    error_kind: str = ""
-    escalation_reason: str = ""
-    redactions: int = 0
-    redaction_kinds: str = ""
-
-    @classmethod
-    def of(cls, record: Any) -> CallInput:
-        """Read the fields of any CallRecord-like object; count redactions, never keep text."""
-        raw = getattr(record, "redactions", 0)
-        kinds: list[str] = []
-        if isinstance(raw, int):
-            count = raw
-        elif isinstance(raw, Mapping):  # {kind: count}
-            count = sum(int(v) for v in raw.values())
-            kinds = sorted(str(k)[:40] for k, v in raw.items() if v)
-        else:
-            items = list(raw or ())
-            count = len(items)
-            kinds = sorted({str(getattr(item, "kind", item))[:40] for item in items})
-        return cls(
-            tier=str(record.tier),
-            model=str(record.model),
-            prompt_tokens=int(getattr(record, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(record, "completion_tokens", 0) or 0),
-            cached_tokens=int(getattr(record, "cached_tokens", 0) or 0),
-            latency_s=float(getattr(record, "latency_s", 0.0) or 0.0),
-            cost_usd=float(getattr(record, "cost_usd", 0.0) or 0.0),
-            outcome=str(getattr(record, "outcome", "ok") or "ok")[:32],
-            error_kind=str(getattr(record, "error_kind", "") or "")[:64],
-            escalation_reason=str(getattr(record, "escalation_reason", "") or "")[:128],
-            redactions=count,
-            redaction_kinds=",".join(kinds)[:512],
-        )
-
-
-@dataclass(frozen=True)
 class JobResult:
     """Describe how a job ended, for ``Ledger.finish_job``."""
 
     status: str
     tier: str = ""
     model: str = ""
-    calls: Sequence[CallInput] = ()
+    calls: Sequence[CallRecord] = ()
     private_tiers: frozenset[str] = frozenset({"local"})
     comment_id: int | None = None
     error_kind: str = ""
@@ -519,7 +475,7 @@ class Ledger:
     def record_calls(
         self,
         ref: JobRef,
-        calls: Sequence[CallInput],
+        calls: Sequence[CallRecord],
         *,
         private_tiers: frozenset[str],
         attempt: str,
@@ -548,7 +504,7 @@ class Ledger:
                     "task": ref.task,
                     "private": call.tier in result.private_tiers,
                     "created_at": at,
-                    **{k: v for k, v in vars(call).items()},
+                    **call.ledger_values(),
                 },
             )
 

@@ -20,7 +20,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 from bot.kernel.errors import (
@@ -91,7 +91,11 @@ class BudgetGate(Protocol):
 
 @dataclass(frozen=True)
 class CallRecord:
-    """Describe one model call: who served it, what it used, what it cost and why it ran."""
+    """Describe one model call: who served it, what it used, what it cost and why it ran.
+
+    The journal keeps it in Redis while its attempt runs (``workers.journal``) and the
+    ledger stores it (``ledger_values``); neither ever sees prompt or reply text.
+    """
 
     tier: str
     model: str
@@ -104,6 +108,18 @@ class CallRecord:
     error_kind: str = ""
     escalation_reason: str = ""
     redactions: dict[str, int] = field(default_factory=dict)
+
+    def ledger_values(self) -> dict[str, Any]:
+        """Return the ledger's columns for this call: redactions as a count and their kinds."""
+        kinds = sorted(kind[:40] for kind, count in self.redactions.items() if count)
+        return {
+            **asdict(self),
+            # Cut to the widths of the ledger's model_calls columns.
+            "error_kind": self.error_kind[:64],
+            "escalation_reason": self.escalation_reason[:128],
+            "redactions": sum(self.redactions.values()),
+            "redaction_kinds": ",".join(kinds)[:512],
+        }
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,8 @@ from workers.jobs.contract import (
     ModelRequest,
     log_fields,
 )
-from workers.ledger import FAILED, SUCCEEDED, CallInput, JobResult, job_key
+from workers.ledger import FAILED, SUCCEEDED, JobResult, job_key
+from workers.llm import CallRecord
 from workers.queues import queue_for_tier
 from workers.runtime import Runtime
 from workers.shadow import ShadowGitHub, shadowed
@@ -547,7 +548,7 @@ def _record_calls(ref: JobRef, rt: Runtime, calls: Sequence[Any], attempt: str) 
     if calls:
         rt.ledger.record_calls(
             ref,
-            [CallInput.of(c) for c in calls],
+            calls,
             attempt=attempt,
             private_tiers=frozenset(rt.policy.private_tiers()),
         )
@@ -556,7 +557,7 @@ def _record_calls(ref: JobRef, rt: Runtime, calls: Sequence[Any], attempt: str) 
 def _settle_killed(ref: JobRef, rt: Runtime) -> None:
     """Record the calls a killed attempt journaled (we hold the lock: it is not running)."""
 
-    def record(attempt: str, calls: list[CallInput]) -> None:
+    def record(attempt: str, calls: list[CallRecord]) -> None:
         rt.ledger.record_calls(
             ref, calls, attempt=attempt, private_tiers=frozenset(rt.policy.private_tiers())
         )

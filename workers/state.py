@@ -29,14 +29,15 @@ from bot.kernel.jobs import JobRef, head_key
 from workers import journal
 from workers.journal import Journal
 from workers.leases import Leases
-from workers.ledger import CallInput, job_key
+from workers.ledger import job_key
+from workers.llm import CallRecord
 
 RESULT_TTL_S = 7 * 24 * 3600
 DONE_TTL_S = 30 * 24 * 3600
 GATHERED_TTL_S = 24 * 3600  # long enough for a job held for the private model, then re-read
 PUBLISH_LOCK_TTL_S = 60
 
-Settle = Callable[[str, list[CallInput]], None]
+Settle = Callable[[str, list[CallRecord]], None]
 
 
 class Trail(Protocol):
