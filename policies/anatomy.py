@@ -113,6 +113,18 @@ MORE_LOCKS = frozenset(
         "deno.lock",
     }
 )
+# In order, the first match names the role: (pattern, role, whether it reads the file name
+# alone rather than the whole path).
+ROLE_RULES: tuple[tuple[re.Pattern[str], str, bool], ...] = (
+    (VENDORED, "vendored", False),
+    (FIXTURE, "fixture", False),
+    (TEST, "test", False),
+    (MANIFEST_TXT, "config", True),
+    (DOCS, "docs", False),
+    (GENERATED, "generated", False),
+    (OBSERVABILITY, "config", False),
+    (DEPLOY, "deploy", False),
+)
 
 
 def role_of(path: str, sample: str = "") -> str:
@@ -120,27 +132,12 @@ def role_of(path: str, sample: str = "") -> str:
     name = path.rsplit("/", 1)[-1]
     if name in LOCK_FILES or name in MORE_LOCKS or name.endswith(".lock"):
         return "lock"
-    if VENDORED.search(path):
-        return "vendored"
-    if FIXTURE.search(path):
-        return "fixture"
-    if TEST.search(path):
-        return "test"
-    if MANIFEST_TXT.search(name):
-        return "config"
-    if DOCS.search(path):
-        return "docs"
-    if GENERATED.search(path):
-        return "generated"
-    if OBSERVABILITY.search(path):
-        return "config"
-    if DEPLOY.search(path):
-        return "deploy"
+    for pattern, role, by_name in ROLE_RULES:
+        if pattern.search(name if by_name else path):
+            return role
     if YAMLISH.search(name) and len(set(MANIFEST_KEYS.findall(sample))) == 2:
         return "deploy"
-    if CONFIG.search(path):
-        return "config"
-    return "source"
+    return "config" if CONFIG.search(path) else "source"
 
 
 # Lexers that read keys, certificates or plain text as one comment or text run: their

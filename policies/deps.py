@@ -304,12 +304,17 @@ PYTHON_FILE = re.compile(
 )
 
 
+def _line_pins(run: Sequence[Line], ecosystem: str, pattern: re.Pattern[str]) -> Iterator[Pin]:
+    """Yield a pin for each line ``pattern`` matches: group 1 the name, group 2 the version."""
+    for number, text in run:
+        match = pattern.match(text)
+        if match:
+            yield Pin(ecosystem, match.group(1), match.group(2), number)
+
+
 def _requirements(run: Sequence[Line]) -> Iterator[Pin]:
     """Read requirements*.txt/.in and pip-tools or rye locks: ``name[extras] op version``."""
-    for number, text in run:
-        match = REQUIREMENT.match(text)
-        if match:
-            yield Pin("pip", match.group(1), match.group(2), number)
+    return _line_pins(run, "pip", REQUIREMENT)
 
 
 def _dependency_key(section: str | None, key: str) -> str | None:
@@ -462,10 +467,7 @@ YARN_RESOLUTION = re.compile(
 
 def _pnpm_lock(run: Sequence[Line]) -> Iterator[Pin]:
     """Read pnpm-lock.yaml's package keys: ``/name@1.2.3:`` (v6), ``name@1.2.3:`` (v9), ``/name/1.2.3:`` (v5)."""
-    for number, text in run:
-        match = PNPM_KEY.match(text)
-        if match:
-            yield Pin("npm", match.group(1), match.group(2), number)
+    return _line_pins(run, "npm", PNPM_KEY)
 
 
 def _yarn_lock(run: Sequence[Line]) -> Iterator[Pin]:
@@ -538,10 +540,7 @@ def _gemfile(run: Sequence[Line]) -> Iterator[Pin]:
 
 def _gemfile_lock(run: Sequence[Line]) -> Iterator[Pin]:
     """Read Gemfile.lock's resolved specs: ``    jwt (2.8.1)``."""
-    for number, text in run:
-        match = GEM_LOCK.match(text)
-        if match:
-            yield Pin("rubygems", match.group(1), match.group(2), number)
+    return _line_pins(run, "rubygems", GEM_LOCK)
 
 
 # -- Maven and Gradle
