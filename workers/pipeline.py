@@ -216,18 +216,25 @@ def is_stale(ref: JobRef, rt: Runtime, job: JobModule) -> str | None:
     return newest if newest is not None and newest != ref.head_sha else None
 
 
-def repo_policy(github: GitHubPort, ref: JobRef, rt: Runtime) -> Policy:
-    """Merge the repo's ``.github/cibot.yml`` onto the operator's policy for this job.
+def repo_policy(
+    github: GitHubPort,
+    repo: str,
+    policy: Policy,
+    *,
+    ref: JobRef | None = None,
+    rt: Runtime | None = None,
+) -> Policy:
+    """Merge the repo's ``.github/cibot.yml`` onto the policy; bad keys are logged, skipped.
 
-    A refused file (over a size or depth limit, a risky pattern, a bad key) is explained on
-    the job's PR, once per PR and file content: the operator's policy stays in force for
-    whatever was refused.
+    Given the job, a refused file (over a size or depth limit, a risky pattern, a bad key)
+    is also explained on its PR, once per PR and file content: the operator's policy stays
+    in force for whatever was refused.
     """
-    merged, text = repo_config.read(github, ref.repo, rt.policy)
-    if merged.errors and ref.pr_number is not None:
+    merged, text = repo_config.read(github, repo, policy)
+    if merged.errors and ref is not None and rt is not None and ref.pr_number is not None:
         _tell_config_errors(github, ref, rt, text, merged.errors)
     if isinstance(github, ShadowGitHub) and shadowed(
-        merged.policy, installation_id=ref.installation_id, repo=ref.repo
+        merged.policy, installation_id=ref.installation_id if ref else 0, repo=repo
     ):
         github.shadow = True  # the repo's config turned shadow mode on for itself
     return merged.policy
@@ -341,7 +348,9 @@ def _route_and_queue(
 ) -> StepOutcome:
     """Gather and route a claimed job, then queue it on its tier (or post "needs a human")."""
     with contextlib.closing(github_for(rt, ref)) as github:
-        gathered = job.gather(github, ref, policy or repo_policy(github, ref, rt))
+        gathered = job.gather(
+            github, ref, policy or repo_policy(github, ref.repo, rt.policy, ref=ref, rt=rt)
+        )
         decision = decide(ref, gathered, rt)
         logsetup.bind(tier=decision.tier)
         if decision.tier == "human":
@@ -413,7 +422,7 @@ def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> St
     calls: list[Any] = []
     attempt = uuid.uuid4().hex[:12]
     with contextlib.closing(github_for(rt, ref)) as github:
-        gathered = job.gather(github, ref, repo_policy(github, ref, rt))
+        gathered = job.gather(github, ref, repo_policy(github, ref.repo, rt.policy, ref=ref, rt=rt))
         decision = decide(ref, gathered, rt)
         logsetup.bind(tier=decision.tier)
         if decision.tier == "human":  # the evidence changed since dispatch routed it
