@@ -8,10 +8,10 @@ does, until the drainer thread has handed the whole spool to Redis, so a later
 delivery never overtakes an earlier one.
 
 The edge never imports worker code: messages name the task (``cibot.dispatch``) and go
-to the ``github`` queue. They are Celery protocol-2 messages built by Celery itself
-(``app.amqp.as_task_v2``) in kombu's Redis envelope, i.e. what ``send_task`` would
-LPUSH; ``send_task`` is not used because kombu builds a Redis client per publish and
-cannot share the claim's round trip (see tests/benchmarks/bench_webhook.py).
+to the ``github`` queue. They are Celery protocol-2 messages in kombu's Redis envelope,
+i.e. what ``send_task`` would LPUSH, built by ``bot.kernel.jobs.envelope`` without a
+Celery app; ``send_task`` is not used because kombu builds a Redis client per publish
+and cannot share the claim's round trip (see tests/benchmarks/bench_webhook.py).
 
 Contract with the worker for debounced jobs (JobRef args carry ``supersede``): drop
 the job when ``GET cibot:head:{repo}#{pr}`` holds a SHA other than its ``head_sha``.
@@ -286,7 +286,6 @@ class CeleryBroker:
     ) -> None:
         """Connect lazily, with short timeouts so an outage shows at once."""
         import redis
-        from celery import Celery
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
@@ -299,9 +298,6 @@ class CeleryBroker:
             retry=Retry(NoBackoff(), 1),
         )
         self._script = self._redis.register_script(ENQUEUE_SCRIPT)
-        # Only used to build messages exactly as send_task would; it never connects.
-        self._celery = Celery("cibot-edge", broker=redis_url, set_as_current=False)
-        self._celery.conf.update(task_serializer="json", accept_content=["json"])
 
     def enqueue(self, delivery_id: str, messages: Sequence[Message]) -> bool:
         """Claim the delivery and LPUSH its messages atomically; False for a duplicate."""
@@ -320,7 +316,6 @@ class CeleryBroker:
         """Return the kombu Redis envelope of the Celery message for one job."""
         job = message.job
         return envelope(
-            self._celery,
             DISPATCH,
             GITHUB,
             _kwargs(job),
@@ -337,7 +332,6 @@ class CeleryBroker:
     def close(self) -> None:
         """Close the Redis pool."""
         self._redis.close()
-        self._celery.close()
 
 
 @contextmanager

@@ -76,7 +76,7 @@ return pushed
 def send(client: Any, app: Any, name: str, kwargs: dict[str, Any], queue: str) -> str:
     """Queue one task message and keep it in the outbox, in one script; return its task id."""
     task_id = str(uuid.uuid4())
-    message = envelope(app, name, queue, kwargs, task_id=task_id)
+    message = envelope(name, queue, kwargs, task_id=task_id)
     client.eval(SEND_SCRIPT, 3, queue, OUTBOX, DUE, message, task_id, time.time() + GRACE_S)
     return task_id
 
