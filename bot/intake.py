@@ -77,7 +77,7 @@ def delivery_key(delivery_id: str) -> str:
     return f"cibot:delivery:{delivery_id}"
 
 
-class Outcome(StrEnum):
+class DeliveryOutcome(StrEnum):
     """Say what happened to a delivery's jobs."""
 
     ENQUEUED = "enqueued"
@@ -149,10 +149,10 @@ class Intake:
             out.append(Message(job, task_id(delivery_id, index), countdown, debounced))
         return out
 
-    def accept(self, delivery_id: str, jobs: Sequence[JobRef]) -> Outcome:
+    def accept(self, delivery_id: str, jobs: Sequence[JobRef]) -> DeliveryOutcome:
         """Queue a delivery's jobs exactly once, spooling them if the broker is down."""
         if not jobs:
-            return Outcome.IGNORED
+            return DeliveryOutcome.IGNORED
         with self._lock:
             if self._spooling:
                 return self._to_spool(delivery_id, jobs)
@@ -160,7 +160,7 @@ class Intake:
                 fresh = self.broker.enqueue(delivery_id, self.messages(delivery_id, jobs))
             except ConnectionError:
                 return self._to_spool(delivery_id, jobs)
-            return Outcome.ENQUEUED if fresh else Outcome.DUPLICATE
+            return DeliveryOutcome.ENQUEUED if fresh else DeliveryOutcome.DUPLICATE
 
     def drain(self) -> int:
         """Queue one batch of spooled deliveries in order; return how many were queued.
@@ -223,7 +223,7 @@ class Intake:
         self.broker.close()
         self.spool.close()
 
-    def _to_spool(self, delivery_id: str, jobs: Sequence[JobRef]) -> Outcome:
+    def _to_spool(self, delivery_id: str, jobs: Sequence[JobRef]) -> DeliveryOutcome:
         """Write jobs to the spool and switch to spooling until the drainer catches up."""
         if not self._spooling:
             log.warning(
@@ -232,7 +232,7 @@ class Intake:
             )
         self._spooling = True
         added = self.spool.append(delivery_id, jobs)
-        return Outcome.SPOOLED if added else Outcome.DUPLICATE
+        return DeliveryOutcome.SPOOLED if added else DeliveryOutcome.DUPLICATE
 
     def _run(self) -> None:
         """Drain the spool whenever it holds jobs, backing off while Redis stays down."""

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from bot.intake import DEDUPE_TTL_SECONDS, CeleryBroker, Intake, Message, Outcome, delivery_key
+from bot.intake import (
+    DEDUPE_TTL_SECONDS,
+    CeleryBroker,
+    DeliveryOutcome,
+    Intake,
+    Message,
+    delivery_key,
+)
 from bot.kernel.jobs import SUPERSEDE, JobRef, head_key
 from bot.spool import Spool, task_id
 from tests.edge_server import queued
@@ -135,9 +142,9 @@ def test_a_closed_spool_fails_its_check(spool: Spool) -> None:
 def test_accept_queues_once_with_stable_task_ids(spool: Spool) -> None:
     broker = FakeBroker()
     intake = Intake(broker, spool)
-    assert intake.accept("a", [job(1), job(1, "review")]) is Outcome.ENQUEUED
-    assert intake.accept("a", [job(1), job(1, "review")]) is Outcome.DUPLICATE
-    assert intake.accept("b", []) is Outcome.IGNORED
+    assert intake.accept("a", [job(1), job(1, "review")]) is DeliveryOutcome.ENQUEUED
+    assert intake.accept("a", [job(1), job(1, "review")]) is DeliveryOutcome.DUPLICATE
+    assert intake.accept("b", []) is DeliveryOutcome.IGNORED
     assert [(m.task_id, m.job.task, m.countdown) for m in broker.messages] == [
         ("a:0", "summary", 0.0),
         ("a:1", "review", 0.0),
@@ -158,15 +165,15 @@ def test_outage_spools_and_keeps_order_until_drained(spool: Spool) -> None:
     intake.accept("live-1", [job(1)])
     broker.up = False
     for n in range(2, 9):
-        assert intake.accept(f"d{n}", [job(n)]) is Outcome.SPOOLED
-    assert intake.accept("d3", [job(3)]) is Outcome.DUPLICATE
+        assert intake.accept(f"d{n}", [job(n)]) is DeliveryOutcome.SPOOLED
+    assert intake.accept("d3", [job(3)]) is DeliveryOutcome.DUPLICATE
     broker.up = True
     assert intake.spooling
     # Redis is back, but until the spool is empty new deliveries queue behind it.
-    assert intake.accept("d9", [job(9)]) is Outcome.SPOOLED
+    assert intake.accept("d9", [job(9)]) is DeliveryOutcome.SPOOLED
     while intake.spooling:
         intake.drain()
-    assert intake.accept("d10", [job(10)]) is Outcome.ENQUEUED
+    assert intake.accept("d10", [job(10)]) is DeliveryOutcome.ENQUEUED
     expected = ["live-1", *(f"d{n}" for n in range(2, 11))]
     assert broker.ids == [f"{d}:0" for d in expected]
     assert spool.depth() == 0
@@ -177,8 +184,9 @@ def test_drain_drops_a_spooled_delivery_that_redis_already_took(spool: Spool) ->
     intake = Intake(broker, spool)
     intake.accept("a", [job(1)])
     broker.up = False
-    assert intake.accept("a", [job(1)]) is Outcome.SPOOLED  # cannot tell while Redis is down
-    assert intake.accept("b", [job(2), job(3)]) is Outcome.SPOOLED
+    # Cannot tell while Redis is down.
+    assert intake.accept("a", [job(1)]) is DeliveryOutcome.SPOOLED
+    assert intake.accept("b", [job(2), job(3)]) is DeliveryOutcome.SPOOLED
     broker.up = True
     assert intake.drain() == 1
     assert broker.ids == ["a:0", "b:0", "b:1"]
@@ -414,7 +422,7 @@ def test_a_slow_broker_during_a_drain_never_blocks_accept(spool: Spool) -> None:
     drainer = threading.Thread(target=intake.drain)
     drainer.start()  # now stuck inside the broker call
     started = time.monotonic()
-    assert intake.accept("b", [job(2)]) is Outcome.SPOOLED
+    assert intake.accept("b", [job(2)]) is DeliveryOutcome.SPOOLED
     assert time.monotonic() - started < 0.5
     broker.gate.set()
     drainer.join()
