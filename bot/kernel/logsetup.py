@@ -52,6 +52,9 @@ SECRET_VALUES = (
     ),
     (re.compile(r"(://[^:/@\s]*:)[^@/\s]+(@)"), r"\1***\2"),  # passwords in URLs
 )
+# Every SECRET_VALUES pattern needs one of these; most text holds none, and one search
+# is several times cheaper than the five substitutions, and every line scrubs each field.
+SUSPECT = re.compile(r"(?i:bearer|token)|gh[opsur]_|github_pat_|-----BEGIN|://")
 MASK = "***"
 
 
@@ -97,6 +100,8 @@ def scrub(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
 
 def scrub_text(text: str) -> str:
     """Mask tokens, private keys and URL passwords inside free text."""
+    if not SUSPECT.search(text):
+        return text
     for pattern, replacement in SECRET_VALUES:
         text = pattern.sub(replacement, text)
     return text
