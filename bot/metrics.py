@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -54,11 +55,17 @@ class Metrics:
             registry=self.registry,
         )
         self.spool_depth.set_function(spool_depth)
+        # labels() validates and looks the child up under a lock on every call; the
+        # (event, outcome) pairs are few, so keep each child once found.
+        self._counts: dict[tuple[str, str], Any] = {}
 
     def observe(self, event: str, outcome: str, seconds: float) -> None:
         """Count one answered delivery and record how long the answer took."""
-        label = event if event in KNOWN_EVENTS else "other"
-        self.deliveries.labels(event=label, outcome=outcome).inc()
+        key = (event if event in KNOWN_EVENTS else "other", outcome)
+        count = self._counts.get(key)
+        if count is None:
+            count = self._counts[key] = self.deliveries.labels(event=key[0], outcome=outcome)
+        count.inc()
         self.ack_seconds.observe(seconds)
 
     def render(self) -> bytes:
