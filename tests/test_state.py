@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 
@@ -133,4 +134,32 @@ def test_redis_state_reads_the_edges_head_and_uses_the_documented_keys(redis_url
     assert state.newest_head("o/r", 7) == "b" * 40
     state.mark_done(REF)
     assert client.exists(state_key(REF, "done"))
+    client.close()
+
+
+def test_a_journal_an_older_version_wrote_is_still_settled(redis_url: str) -> None:
+    """An entry in the ledger's old shape (a count and the kinds) keeps its count."""
+
+    client = redis.Redis.from_url(redis_url)
+    old = {
+        "tier": "local",
+        "model": "gpt-oss-120b",
+        "prompt_tokens": 10,
+        "cost_usd": 0.5,
+        "outcome": "error",
+        "error_kind": "worker_lost",
+        "redactions": 3,
+        "redaction_kinds": "AWSKeyDetector,PrivateKeyDetector",
+    }
+    client.hset(state_key(REF, "calls"), "dead#0", json.dumps(old))
+    settled: list[tuple[str, list[object]]] = []
+    assert RedisJobState(client).settle(REF, lambda a, c: settled.append((a, list(c)))) == 1
+    ((attempt, (call,)),) = settled
+    assert attempt == "dead"
+    values = call.ledger_values()  # type: ignore[attr-defined]
+    assert (values["redactions"], values["redaction_kinds"]) == (
+        3,
+        "AWSKeyDetector,PrivateKeyDetector",
+    )
+    assert (values["cost_usd"], values["error_kind"]) == (0.5, "worker_lost")
     client.close()

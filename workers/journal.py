@@ -65,8 +65,23 @@ def orphans(client: Any, key: str) -> dict[str, dict[str, CallRecord]]:
         name = field.decode() if isinstance(field, bytes) else str(field)
         attempt, _, index = name.rpartition("#")
         if attempt and index.isdigit():
-            found.setdefault(attempt, {})[name] = CallRecord(**json.loads(value))
+            found.setdefault(attempt, {})[name] = _record(json.loads(value))
     return found
+
+
+def _record(data: dict[str, Any]) -> CallRecord:
+    """Rebuild a journaled call, including one an older version wrote in the ledger's shape.
+
+    That shape kept the redactions as a count and a comma-separated ``redaction_kinds``;
+    the count is kept, split evenly over the kinds, so the ledger's total stays the same.
+    """
+    if isinstance(data.get("redactions"), int):
+        count = data.pop("redactions")
+        kinds = [k for k in str(data.pop("redaction_kinds", "")).split(",") if k] or ["unknown"]
+        share, rest = divmod(count, len(kinds))
+        data["redactions"] = {k: share + (i < rest) for i, k in enumerate(kinds)}
+    names = {f.name for f in dataclasses.fields(CallRecord)}
+    return CallRecord(**{k: v for k, v in data.items() if k in names})
 
 
 def _order(field: Any) -> tuple[str, int]:
