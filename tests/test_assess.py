@@ -513,8 +513,6 @@ class Reply:
 
 def reference(built: Built, sha: str, policy: Any) -> dict[str, int]:
     """Build what each job sends for one commit, from `git diff` and `git log`; count tokens."""
-    from dataclasses import replace as copy
-
     from bot.kernel.errors import NothingToDo
     from bot.kernel.jobs import JobRef
     from policies import tokens
@@ -542,7 +540,7 @@ def reference(built: Built, sha: str, policy: Any) -> dict[str, int]:
         diff=diff,
         evidence=evidence_from_diff(diff),
         policy=policy,
-        extra={"hunks": review.hunks_of(diff)},
+        state=review.ReviewState.of(diff),
     )
     ref = JobRef(task="deps", installation_id=1, repo="o/r", delivery_id="d", pr_number=1)
     sent: dict[str, int] = {}
@@ -570,12 +568,8 @@ def reference(built: Built, sha: str, policy: Any) -> dict[str, int]:
                 )
             ]  # fmt: skip
             if found:
-                root = Path(built.path.parent / f"ref-{sha[:8]}" / "repo")
-                session = tests.Session(
-                    root=root, targets=tuple(found), test_path="tests/t.py",
-                    evidence=work.evidence, policy=policy,
-                )  # fmt: skip
-                gathered = copy(work, extra={"session": session})
+                state = tests.TestsState(targets=tuple(found), test_path="tests/t.py")
+                gathered = work.with_state(state)
                 requests.append(tests.first_messages(gathered, decision, "tag0tag0tag0"))
         elif decision.task == "deps":
             try:

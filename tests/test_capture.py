@@ -26,6 +26,7 @@ from workers import capture as capture_module
 from workers.capture import Capture, check_context, gathered_for, wrap
 from workers.github import PullInfo
 from workers.jobs import ci, deps, review, summary
+from workers.jobs.contract import JobState
 from workers.llm import ModelClient
 from workers.pipeline import Gathered, ModelRequest
 
@@ -89,8 +90,8 @@ def pull(body: str = DESCRIPTION) -> PullInfo:
 def gathered(policy: Policy, task: str = "review", diff: str = DIFF) -> Gathered:
     """Gather the way the summary and review jobs do, without GitHub."""
     evidence = evidence_from_diff(diff, repo=REPO, labels=frozenset())
-    extra = {"hunks": review.hunks_of(diff)} if task == "review" else {}
-    return Gathered(pull=pull(), diff=diff, evidence=evidence, policy=policy, extra=extra)
+    state = review.ReviewState.of(diff) if task == "review" else JobState()
+    return Gathered(pull=pull(), diff=diff, evidence=evidence, policy=policy, state=state)
 
 
 def finding(
@@ -376,7 +377,7 @@ def test_ci_context_keeps_the_trimmed_logs_redacted(store: Capture, policy: Poli
         diff="",
         evidence=gathered(policy).evidence,
         policy=policy,
-        extra={"jobs": (job,), "more": ()},
+        state=ci.CiState(jobs=(job,), more=(), head_sha=""),
     )
     context = check_context("ci", original)
     path = record(store, "ci", check=context)
@@ -400,7 +401,7 @@ def test_deps_context_keeps_the_detected_upgrades(store: Capture, policy: Policy
         diff="",
         evidence=gathered(policy).evidence,
         policy=policy,
-        extra={"survey": survey},
+        state=survey,
     )
     again = rebuilt(store, "deps", check_context("deps", original), policy)
     entry = {

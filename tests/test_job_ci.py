@@ -24,7 +24,7 @@ from policies.tokens import count
 from tests import test_pipeline
 from tests.fakes.github import FakeGitHub
 from tests.test_pipeline import DIFF, INSTALLATION, REPO, SHA, World
-from workers import logs, pipeline
+from workers import logs, pipeline, repo_config
 from workers.github import GitHubClient
 from workers.jobs import ci
 from workers.ledger import SUCCEEDED, ModelCallRecord, job_key
@@ -434,7 +434,7 @@ def test_a_20_mb_log_streams_through_in_small_memory(world: World, client: Any) 
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    [job] = gathered.extra["jobs"]
+    [job] = gathered.state.jobs
     assert job.lines_seen == 2 * BILLING_LOG.count(b"\n") + lines
     assert E_LINE in job.log and job.tokens <= ci.log_budget(world.policy, 1)
     print(f"peak traced memory while gathering a 20 MB log: {peak / 2**20:.1f} MB")
@@ -455,7 +455,7 @@ def gathered_with(*jobs: ci.FailedJob, diff: str = "") -> Gathered:
         diff=diff,
         evidence=Evidence(files=()),
         policy=POLICY,
-        extra={"jobs": jobs, "more": (), "head_sha": SHA},
+        state=ci.CiState(jobs=jobs, more=(), head_sha=SHA),
     )
 
 
@@ -548,7 +548,7 @@ def test_without_the_diff_the_changed_paths_still_pin_private_data(
     """A diff GitHub will not serve still yields the paths, so private_only holds."""
     world.github.set_file(REPO, ".github/cibot.yml", "private_only:\n  paths: ['src/**']\n")
     add_run(world.github, 513, (93, "billing-tests", "failure", BILLING_LOG))
-    policy = pipeline.repo_policy(client, REPO, world.policy)
+    policy = repo_config.read(client, REPO, world.policy)[0].policy
     gathered = ci.gather(DiffTooLarge(client), ci_ref(run_id=513), policy)
     assert gathered.diff == ""
     assert {f.path for f in gathered.evidence.files} == {"src/upload.py", "README.md"}
@@ -568,7 +568,7 @@ def test_a_log_the_token_may_not_read_is_named_as_missing(world: World, client: 
     )
     world.github.inject("GET", r"/actions/jobs/94/logs$", status=403)
     gathered = ci.gather(client, ci_ref(run_id=514), world.policy)
-    billing, catalog = gathered.extra["jobs"]
+    billing, catalog = gathered.state.jobs
     assert billing.log == "" and "actions: read" in billing.missing
     assert JEST_LINE in catalog.log
     assert gathered.evidence.ci is not None

@@ -718,7 +718,7 @@ def gathered_for(diff: str, uses: tuple[deps.Use, ...] = ()) -> Gathered:
     found = deps.survey(list(manifests.bump_sites(files)), files, "", PullSource({}))
     upgrades = tuple(dataclasses.replace(u, uses=uses) for u in found.upgrades)
     facts = Survey(upgrades=upgrades, scope="diff", changed=tuple(f.path for f in files))
-    return Gathered(pull=None, diff=diff, evidence=None, policy=None, extra={"survey": facts})  # type: ignore[arg-type]
+    return Gathered(pull=None, diff=diff, evidence=None, policy=None, state=facts)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -987,7 +987,7 @@ def test_a_reply_that_lists_a_package_per_manifest_is_merged() -> None:
     second = bump("pino", "9.0.0", "9.1.0", affected=["web/log.js"], notes="No changes needed.")
     data = reply(first, second)
     deps.validate(gathered, data)
-    facts: Survey = gathered.extra["survey"]
+    facts: Survey = gathered.state
     [(index, entry)] = deps.merged(facts, data["bumps"]).items()
     assert facts.upgrades[index].bump.kind == "major"
     assert entry["affected"] == ["web/log.js"]

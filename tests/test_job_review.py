@@ -547,7 +547,7 @@ def test_validate_names_what_is_wrong() -> None:
         diff=MULTI,
         evidence=None,  # type: ignore[arg-type]
         policy=load_policy(None),
-        extra={"hunks": review.hunks_of(MULTI)},
+        state=review.ReviewState.of(MULTI),
     )
     cases = [
         ([], "an object with a 'findings' list"),
@@ -654,7 +654,7 @@ def test_the_labelled_diff_fits_a_small_window() -> None:
         diff=diff,
         evidence=evidence_from_diff(diff),
         policy=policy,
-        extra={"hunks": review.hunks_of(diff)},
+        state=review.ReviewState.of(diff),
     )
     # The router would move work this big up a tier; pin mid to test its window.
     decision = Decision("review", "mid", "openai/gpt-5", False, (), ())

@@ -18,6 +18,7 @@ from policies.tokens import count
 from workers import pipeline
 from workers.jobs import ci, deps, review, summary
 from workers.jobs import tests as tests_job
+from workers.jobs.contract import JobState
 from workers.packing import (
     NOTHING,
     Flags,
@@ -572,11 +573,15 @@ class Done:
     fallback_reasons: tuple[str, ...] = ()
 
 
-def gathered(**extra: Any) -> pipeline.Gathered:
+def gathered(state: JobState | None = None) -> pipeline.Gathered:
     """Gather the jobs' fixture as the jobs' own gather steps would."""
     evidence = evidence_from_diff(JOBS_DIFF)
     return pipeline.Gathered(
-        pull=Pull(), diff=JOBS_DIFF, evidence=evidence, policy=load_policy(None), extra=extra
+        pull=Pull(),
+        diff=JOBS_DIFF,
+        evidence=evidence,
+        policy=load_policy(None),
+        state=state or JobState(),
     )
 
 
@@ -604,24 +609,15 @@ def job_prompt(job: str, tmp_path: Path) -> str:
         (only,) = summary_prompts()
         return only
     if job == "review":
-        work = gathered(hunks=review.hunks_of(JOBS_DIFF))
+        work = gathered(review.ReviewState.of(JOBS_DIFF))
         return user_of(review.request(work, route("review", work.evidence, work.policy)).messages)
     if job == "deps":
-        work = gathered(survey=deps.Survey(upgrades=(), scope="diff"))
+        work = gathered(deps.Survey(upgrades=(), scope="diff"))
         return user_of(deps.request(work, route("deps", work.evidence, work.policy)).messages)
     if job == "ci":
-        work = gathered(jobs=(), more=())
+        work = gathered(ci.CiState(jobs=(), more=(), head_sha=""))
         return user_of(ci.request(work, route("ci", work.evidence, work.policy)).messages)
-    base = gathered()
-    (tmp_path / "checkout").mkdir()
-    session = tests_job.Session(
-        root=tmp_path / "checkout" / "repo",
-        targets=(),
-        test_path="tests/test_generated.py",
-        evidence=base.evidence,
-        policy=base.policy,
-    )
-    work = gathered(session=session)
+    work = gathered(tests_job.TestsState(targets=(), test_path="tests/test_generated.py"))
     decision = route("tests", work.evidence, work.policy)
     return user_of(tests_job.first_messages(work, decision, "t" * 12))
 

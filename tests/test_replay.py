@@ -141,7 +141,7 @@ def captured(tmp_path: Path) -> Path:
         diff=gathered(policy).diff,
         evidence=gathered(policy).evidence,
         policy=policy,
-        extra=gathered(policy).extra,
+        state=gathered(policy).state,
     )
     capture_task(store, policy, "review", 50, secret, private_only=True)
     return store.root

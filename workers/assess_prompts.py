@@ -4,7 +4,7 @@ A change stands in for the pull request it was: the diff is the change's (a merg
 first parent), the title and description come from the commit message (a merge's body line,
 or a squash subject without its ``(#N)``), and the files are read at the change's commit.
 The summary and review prompts come from the jobs' ``gather`` and ``compute``/``request``;
-the tests prompt from the tests job's target finder and ``first_messages`` on the file at the
+the tests prompt from the tests job's target finder and ``request`` on the file at the
 commit (no checkout, so functions a test already names still count); the deps prompt from
 the deps job's ``gather`` (git grep over the commit) and ``request``. Tokens are counted
 with ``policies.tokens.count`` over every message of every call, as the model client does.
@@ -12,12 +12,10 @@ with ``policies.tokens.count`` over every message of every call, as the model cl
 
 from __future__ import annotations
 
-import dataclasses
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from bot.kernel.errors import InputError, NothingToDo
 from bot.kernel.jobs import JobRef
@@ -28,7 +26,9 @@ from policies.routing import Decision
 from workers import history
 from workers.github import FileInfo, PullInfo
 from workers.jobs import deps, review, summary, tests
-from workers.jobs.contract import Gathered, ModelRequest, nonce
+from workers.jobs.contract import Gathered, GitHubPort, ModelRequest
+from workers.jobs.review import ReviewState
+from workers.llm import Completion
 
 FILLER_WORD = "change "  # one o200k token: a stand-in reply of the size the policy expects
 Messages = list[dict[str, str]]
@@ -38,8 +38,9 @@ Messages = list[dict[str, str]]
 class HistoryPort:
     """Serve one change of a local repository as the pull request the jobs read.
 
-    It is the jobs' GitHub port over git history: nothing is fetched and nothing is posted
-    (a job's "nothing to do" reply is kept in ``replies``).
+    It is the part of the jobs' GitHub port the summary, review and deps gathers read, over
+    git history: nothing is fetched and nothing is posted (a job's "nothing to do" reply is
+    kept in ``replies``). ``port`` hands it to them as the whole port, which they need not.
     """
 
     change: history.Change
@@ -92,15 +93,9 @@ class HistoryPort:
     def close(self) -> None:
         """Release nothing."""
 
-
-@dataclass(frozen=True)
-class _Reply:
-    """Stand for a completion, so the summary's map step goes on to its reduce step."""
-
-    data: Any
-    calls: tuple[Any, ...] = ()
-    fallbacks: int = 0
-    fallback_reasons: tuple[str, ...] = ()
+    def port(self) -> GitHubPort:
+        """Return this as the jobs' port: the gathers it serves call nothing it lacks."""
+        return cast(GitHubPort, self)
 
 
 @dataclass(frozen=True)
@@ -125,13 +120,13 @@ class Prompts:
             head_sha=change.sha,
         )
         try:
-            gathered = review.gather(port, ref, self.policy)
+            gathered = review.gather(port.port(), ref, self.policy)
         except InputError:
             return [(0, 0, 0)] * len(decisions)  # only binary files: the jobs stop before a call
         return [self._sent(d, gathered, port, ref) for d in decisions]
 
     def _sent(
-        self, decision: Decision, gathered: Gathered, port: HistoryPort, ref: JobRef
+        self, decision: Decision, gathered: Gathered[ReviewState], port: HistoryPort, ref: JobRef
     ) -> history.Sent:
         """Build one task's requests and count them; a task with nothing to do sends nothing."""
         build = BUILDERS[decision.task]
@@ -143,44 +138,38 @@ class Prompts:
         return (sum(_tokens(r) for r in requests), output * len(requests), len(requests))
 
     def summary_requests(
-        self, decision: Decision, gathered: Gathered, port: HistoryPort, ref: JobRef
+        self, decision: Decision, gathered: Gathered[ReviewState], port: HistoryPort, ref: JobRef
     ) -> list[Messages]:
         """Run the summary's compute step (one call, or map and reduce) with a stand-in model."""
         sent: list[Messages] = []
         filler = _filler(self.policy.tasks["summary"].expected_output_tokens)
 
-        def complete(tier: str, request: ModelRequest, reason: str = "") -> _Reply:
+        def complete(tier: str, request: ModelRequest, reason: str = "") -> Completion:
             sent.append(request.messages)
-            return _Reply({"what": filler, "why": "", "risks": [], "files": []})
+            data = {"what": filler, "why": "", "risks": [], "files": []}
+            return Completion("", data, tier, "", (), 0, (), {})
 
         summary.compute(gathered, decision, complete)
         return sent
 
     def review_requests(
-        self, decision: Decision, gathered: Gathered, port: HistoryPort, ref: JobRef
+        self, decision: Decision, gathered: Gathered[ReviewState], port: HistoryPort, ref: JobRef
     ) -> list[Messages]:
         """Build the review's one request."""
         return [review.request(gathered, decision).messages]
 
     def tests_requests(
-        self, decision: Decision, gathered: Gathered, port: HistoryPort, ref: JobRef
+        self, decision: Decision, gathered: Gathered[ReviewState], port: HistoryPort, ref: JobRef
     ) -> list[Messages]:
         """Find the changed public functions at the commit and build the first round's request."""
         found = self._targets(gathered.evidence, port.change.sha)
         if not found:
             raise NothingToDo("no changed public Python function to test")
-        session = tests.Session(
-            root=Path(tempfile.mkdtemp(prefix="cibot-assess-")) / "repo",  # removed with it
+        state = tests.TestsState(
             targets=tuple(found[: tests.MAX_TARGETS]),
             test_path=f"tests/{tests.TEST_FILE.format(pr=ref.pr_number)}",
-            evidence=gathered.evidence,
-            policy=self.policy,
         )
-        try:
-            work = dataclasses.replace(gathered, extra={"session": session})
-            return [tests.first_messages(work, decision, nonce())]
-        finally:
-            session.close()
+        return [tests.request(gathered.with_state(state), decision).messages]
 
     def _targets(self, evidence: Evidence, sha: str) -> list[tests.Target]:
         """Parse each changed Python source at the commit, as the tests job does at the head."""
@@ -198,15 +187,15 @@ class Prompts:
         return found
 
     def deps_requests(
-        self, decision: Decision, gathered: Gathered, port: HistoryPort, ref: JobRef
+        self, decision: Decision, gathered: Gathered[ReviewState], port: HistoryPort, ref: JobRef
     ) -> list[Messages]:
         """Survey the bumps with git grep over the commit and build the deps request."""
         source = deps.GitSource(self.repo, port.change.sha)
-        work = deps.gather(port, ref, self.policy, source=source)
+        work = deps.gather(port.port(), ref, self.policy, source=source)
         return [deps.request(work, decision).messages]
 
 
-Builder = Callable[[Prompts, Decision, Gathered, HistoryPort, JobRef], list[Messages]]
+Builder = Callable[[Prompts, Decision, Gathered[ReviewState], HistoryPort, JobRef], list[Messages]]
 BUILDERS: dict[str, Builder] = {
     "summary": Prompts.summary_requests,
     "review": Prompts.review_requests,

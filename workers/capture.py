@@ -40,6 +40,8 @@ from bot.kernel.jobs import MODEL_TASKS, JobRef
 from bot.kernel.settings import Settings
 from policies.evidence import Evidence
 from policies.model import Policy
+from workers.github import FileInfo, PullInfo
+from workers.jobs.contract import Gathered, JobState
 from workers.redaction import redact
 
 log = logging.getLogger("cibot.capture")
@@ -333,54 +335,47 @@ def _scrub(value: Any, counts: Counter[str]) -> Any:
 # ---- what a validator needs, and back ---------------------------------------------------------
 
 
-def check_context(task: str, gathered: Any) -> dict[str, Any]:
+def check_context(task: str, gathered: Gathered[Any]) -> dict[str, Any]:
     """Derive from a job's gathered inputs what its validator needs to judge another reply."""
     builder = CONTEXT_BUILDERS.get(task)
     return builder(gathered) if builder is not None else {}
 
 
-def _summary_context(gathered: Any) -> dict[str, Any]:
+def _summary_context(gathered: Gathered[Any]) -> dict[str, Any]:
     """Keep the changed paths a walkthrough may name."""
     paths = {f.path for f in gathered.files} | {c.path for c in gathered.evidence.files}
     return {"paths": sorted(paths)}
 
 
-def _review_context(gathered: Any) -> dict[str, Any]:
+def _review_context(gathered: Gathered[Any]) -> dict[str, Any]:
     """Keep each hunk's line numbers and kinds, without the lines' text."""
-    hunks = gathered.extra.get("hunks")
-    if not isinstance(hunks, Mapping):
-        from workers.jobs.review import hunks_of
-
-        hunks = hunks_of(gathered.diff)
     return {
         "min_severity": gathered.policy.review.min_severity,
         "hunks": {
             path: [[[d.kind, d.old, d.new] for d in hunk] for hunk in file_hunks]
-            for path, file_hunks in hunks.items()
+            for path, file_hunks in gathered.state.hunks.items()
         },
     }
 
 
-def _ci_context(gathered: Any) -> dict[str, Any]:
+def _ci_context(gathered: Gathered[Any]) -> dict[str, Any]:
     """Keep the failed jobs' names and the trimmed logs the prompt showed."""
-    jobs = gathered.extra.get("jobs") or ()
+    jobs = gathered.state.jobs
     return {"jobs": [{"name": j.name, "log": j.log, "missing": j.missing} for j in jobs]}
 
 
-def _tests_context(gathered: Any) -> dict[str, Any]:
+def _tests_context(gathered: Gathered[Any]) -> dict[str, Any]:
     """Keep where the test module goes and the changed lines it should run."""
-    session = gathered.extra.get("session")
-    if session is None:
-        return {}
-    changed = {path: sorted(lines) for path, lines in session.changed.items()}
-    return {"test_path": session.test_path, "changed": changed}
+    from workers.jobs.tests import changed_lines
+
+    state = gathered.state
+    changed = {path: sorted(lines) for path, lines in changed_lines(state.targets).items()}
+    return {"test_path": state.test_path, "changed": changed}
 
 
-def _deps_context(gathered: Any) -> dict[str, Any]:
+def _deps_context(gathered: Gathered[Any]) -> dict[str, Any]:
     """Keep the detected upgrades (versions, kinds, sites) and the paths a reply may name."""
-    survey = gathered.extra.get("survey")
-    if survey is None:
-        return {}
+    survey = gathered.state
     return {
         "changed": list(survey.changed),
         "upgrades": [
@@ -395,7 +390,7 @@ def _deps_context(gathered: Any) -> dict[str, Any]:
     }
 
 
-CONTEXT_BUILDERS: dict[str, Callable[[Any], dict[str, Any]]] = {
+CONTEXT_BUILDERS: dict[str, Callable[[Gathered[Any]], dict[str, Any]]] = {
     "summary": _summary_context,
     "review": _review_context,
     "ci": _ci_context,
@@ -404,56 +399,77 @@ CONTEXT_BUILDERS: dict[str, Callable[[Any], dict[str, Any]]] = {
 }
 
 
-@dataclass(frozen=True)
-class _Path:
-    """Stand in for a changed file: the summary validator reads only its path."""
-
-    path: str
-
-
-def gathered_for(captured: Captured, policy: Policy) -> Any:
+def gathered_for(captured: Captured, policy: Policy) -> Gathered[Any]:
     """Rebuild the part of a job's Gathered its validator reads, from a capture's check."""
-    from workers.jobs.contract import Gathered
-
     check, task = captured.check, captured.task
-    extra: dict[str, Any] = {}
-    files: tuple[Any, ...] = ()
+    state = JobState()
+    files: tuple[FileInfo, ...] = ()
     if task == "summary":
-        files = tuple(_Path(p) for p in check.get("paths", []))
+        files = tuple(FileInfo(p, None, "modified", 0, 0, None) for p in check.get("paths", []))
     elif task == "review":
-        extra["hunks"] = _hunks(check.get("hunks", {}))
+        state = _hunks(check.get("hunks", {}))
         severity = check.get("min_severity", policy.review.min_severity)
         review = policy.review.model_copy(update={"min_severity": severity})
         policy = policy.model_copy(update={"review": review})
     elif task == "ci":
-        extra["jobs"] = tuple(_failed_job(j) for j in check.get("jobs", []))
+        state = _failed_jobs(check.get("jobs", []))
     elif task == "deps":
-        extra["survey"] = _survey(check)
+        state = _survey(check)
     return Gathered(
-        pull=None, diff="", evidence=Evidence(files=()), policy=policy, files=files, extra=extra
+        pull=_pull(captured),
+        diff="",
+        evidence=Evidence(files=()),
+        policy=policy,
+        files=files,
+        state=state,
     )
 
 
-def _hunks(data: Mapping[str, Any]) -> dict[str, tuple[tuple[Any, ...], ...]]:
+def _pull(captured: Captured) -> PullInfo:
+    """Stand in for the captured PR: its number and head (the validators read no more)."""
+    inputs = captured.data["inputs"]
+    return PullInfo(
+        number=int(inputs.get("pr_number") or 0),
+        title="",
+        body="",
+        author="",
+        author_is_bot=False,
+        draft=False,
+        state="open",
+        merged=False,
+        head_sha=str(inputs.get("head_sha", "")),
+        head_ref="",
+        base_ref="",
+        base_sha="",
+        labels=(),
+        default_branch="",
+    )
+
+
+def _hunks(data: Mapping[str, Any]) -> JobState:
     """Rebuild numbered hunks (text left empty: placement reads only numbers and kinds)."""
-    from workers.jobs.review import DiffLine
+    from workers.jobs.review import DiffLine, ReviewState
 
-    return {
-        path: tuple(tuple(DiffLine(str(k), int(o), int(n), "") for k, o, n in h) for h in hunks)
-        for path, hunks in data.items()
-    }
-
-
-def _failed_job(data: Mapping[str, Any]) -> Any:
-    """Rebuild a failed CI job as the ci validator reads it."""
-    from workers.jobs.ci import FailedJob
-
-    return FailedJob(
-        name=str(data["name"]), steps=(), log=str(data["log"]), missing=str(data["missing"])
+    return ReviewState(
+        {
+            path: tuple(tuple(DiffLine(str(k), int(o), int(n), "") for k, o, n in h) for h in hunks)
+            for path, hunks in data.items()
+        }
     )
 
 
-def _survey(check: Mapping[str, Any]) -> Any:
+def _failed_jobs(jobs: Iterable[Mapping[str, Any]]) -> JobState:
+    """Rebuild the failed CI jobs as the ci validator reads them."""
+    from workers.jobs.ci import CiState, FailedJob
+
+    failed = tuple(
+        FailedJob(name=str(j["name"]), steps=(), log=str(j["log"]), missing=str(j["missing"]))
+        for j in jobs
+    )
+    return CiState(jobs=failed, more=(), head_sha="")
+
+
+def _survey(check: Mapping[str, Any]) -> JobState:
     """Rebuild the dependency survey as the deps validator reads it."""
     from policies.deps import Bump
     from workers.jobs.deps import Survey, Upgrade

@@ -233,7 +233,7 @@ class Packed:
         return f"{NOTE_PREFIX}{self.note}\n{self.text}" if self.note else self.text
 
 
-class _Line(NamedTuple):
+class Line(NamedTuple):
     """Hold one hunk line; a side the line is not on holds the number of the line before it."""
 
     kind: str
@@ -258,7 +258,7 @@ class _Hunk:
 
     ref: HunkRef
     raw: Any  # the parsed unidiff hunk; None for a header-only file or an excerpt
-    numbered: list[_Line] | None  # its lines as packed, numbered when context was changed
+    numbered: list[Line] | None  # its lines as packed, numbered when context was changed
     keep: int
     section: str
     text: str
@@ -268,10 +268,10 @@ class _Hunk:
     flagged: bool = False  # it removes a line the router flagged
 
     @property
-    def lines(self) -> list[_Line]:
+    def lines(self) -> list[Line]:
         """Return the hunk's lines as packed, numbering them on first use."""
         if self.numbered is None:
-            self.numbered = _trim_context(_number(self.raw), self.keep) if self.raw else []
+            self.numbered = _trim_context(number(self.raw), self.keep) if self.raw else []
         return self.numbered
 
     @property
@@ -479,7 +479,7 @@ def _hunks(
         section = str(hunk.section_header or "").strip()
         lines = None
         if source is not None or not len(hunk) or _edge_context(hunk) > context_lines:
-            lines = _trim_context(_number(hunk), context_lines)
+            lines = _trim_context(number(hunk), context_lines)
             if source is not None:
                 lines = _extend(lines, source, floor, section)
             text = _render(lines, section)
@@ -503,8 +503,8 @@ def _excerpts(pf: Any, path: str, flagged: Iterable[int]) -> list[_Hunk]:
     near = {n + d for n in flagged for d in range(-DELETED_CONTEXT, DELETED_CONTEXT + 1)}
     if not near:
         return []
-    runs: list[list[_Line]] = []
-    for line in (x for hunk in pf for x in _number(hunk)):
+    runs: list[list[Line]] = []
+    for line in (x for hunk in pf for x in number(hunk)):
         if line.kind != "-" or line.old not in near:
             continue
         if runs and runs[-1][-1].old == line.old - 1:
@@ -544,21 +544,21 @@ def _render_as_is(hunk: Any, section: str, diff_lines: list[str]) -> str:
     return head + "\n".join(diff_lines[first - 1 : last]) + "\n"
 
 
-def _number(hunk: Any) -> list[_Line]:
-    """Number a hunk's lines on both sides from its header, git's way."""
+def number(hunk: Any) -> list[Line]:
+    """Number a hunk's lines on both sides from its header, git's way (the review anchors on them)."""
     # An empty side's start is the line before the hunk, so its next line is start + 1.
     old = int(hunk.source_start) + (0 if hunk.source_length else 1)
     new = int(hunk.target_start) + (0 if hunk.target_length else 1)
-    out: list[_Line] = []
+    out: list[Line] = []
     for line in hunk:
         kind, value = str(line.line_type), str(line.value)
-        out.append(_Line(kind, value, old - (kind not in " -"), new - (kind not in " +")))
+        out.append(Line(kind, value, old - (kind not in " -"), new - (kind not in " +")))
         old += kind in " -"
         new += kind in " +"
     return out
 
 
-def _trim_context(lines: list[_Line], keep: int) -> list[_Line]:
+def _trim_context(lines: list[Line], keep: int) -> list[Line]:
     """Cut leading and trailing context lines down to ``keep``."""
     changed = [i for i, x in enumerate(lines) if x.kind in "+-"]
     if not changed:
@@ -570,9 +570,9 @@ def _trim_context(lines: list[_Line], keep: int) -> list[_Line]:
     return lines[max(0, first - keep) : tail] + _context(lines[tail:], keep)
 
 
-def _context(lines: Sequence[_Line], keep: int) -> list[_Line]:
+def _context(lines: Sequence[Line], keep: int) -> list[Line]:
     """Return up to ``keep`` trailing context lines, with any no-newline marker they carry."""
-    out: list[_Line] = []
+    out: list[Line] = []
     seen = 0
     for line in lines:
         if line.kind == " ":
@@ -583,7 +583,7 @@ def _context(lines: Sequence[_Line], keep: int) -> list[_Line]:
     return out
 
 
-def _extend(lines: list[_Line], source: list[str], floor: int, section: str) -> list[_Line]:
+def _extend(lines: list[Line], source: list[str], floor: int, section: str) -> list[Line]:
     """Prepend context from the head file up to the enclosing definition, when it is near."""
     anchor = next((x for x in lines if x.kind in " +"), None)
     if not lines or anchor is None or anchor.new > len(source):
@@ -602,15 +602,15 @@ def _extend(lines: list[_Line], source: list[str], floor: int, section: str) -> 
     return lines
 
 
-def _prepend(lines: list[_Line], source: list[str], start: int) -> list[_Line]:
+def _prepend(lines: list[Line], source: list[str], start: int) -> list[Line]:
     """Prepend head lines from ``start`` up to the hunk's first line as context."""
     gap = lines[0].next_new - start
     old = lines[0].next_old - gap
-    extra = [_Line(" ", source[start - 1 + i] + "\n", old + i, start + i) for i in range(gap)]
+    extra = [Line(" ", source[start - 1 + i] + "\n", old + i, start + i) for i in range(gap)]
     return extra + lines
 
 
-def _render(lines: list[_Line], section: str, marker: str = "") -> str:
+def _render(lines: list[Line], section: str, marker: str = "") -> str:
     """Render hunk lines under a fresh ``@@`` header that matches them."""
     old = sum(1 for x in lines if x.kind in " -")
     new = sum(1 for x in lines if x.kind in " +")
@@ -827,7 +827,7 @@ def _truncate(hunk: _Hunk, room: int) -> tuple[str, int]:
     return _cut_text(kept, hunk.section, lo, total), shown
 
 
-def _cut_line(line: _Line, section: str, total: int, room: int) -> _Line:
+def _cut_line(line: Line, section: str, total: int, room: int) -> Line:
     """Shorten one line that alone is over the budget to the longest prefix that fits."""
     lo, hi = 0, len(line.value)
     while lo < hi:
@@ -837,7 +837,7 @@ def _cut_line(line: _Line, section: str, total: int, room: int) -> _Line:
     return line._replace(value=line.value[:lo])
 
 
-def _cut_text(lines: list[_Line], section: str, keep: int, total: int) -> str:
+def _cut_text(lines: list[Line], section: str, keep: int, total: int) -> str:
     """Render the first ``keep`` lines of a hunk with the truncation marker in its header."""
     marker = TRUNCATED_MARKER.format(shown=keep, total=total)
     return _render(lines[:keep], section, marker)

@@ -477,7 +477,7 @@ def _review_parts(captured: Captured, data: Any, policy: Policy) -> float | None
     findings = _findings(data)
     if not findings:
         return None
-    hunks = gathered.extra["hunks"]
+    hunks = gathered.state.hunks
     placed = sum(
         1
         for f in findings

@@ -21,6 +21,7 @@ from bot.kernel.errors import InputError
 # Task names a JobRef may carry. The first five are model work; the rest are
 # bookkeeping the edge hands to workers (commands, PR outcomes, feedback, installs).
 MODEL_TASKS = ("summary", "review", "ci", "tests", "deps", "refactor", "incident")
+JOB_TASKS = ("summary", "review", "ci", "tests", "deps")  # the model tasks that have a job
 EDGE_TASKS = ("command", "outcome", "feedback", "installation")
 MAX_ID = 2**63 - 1  # GitHub's ids fit a signed 64-bit integer, as the ledger stores them
 

@@ -139,7 +139,7 @@ def gathered(diff: str, pull: Pull, repo: str, policy: Policy) -> pipeline.Gathe
         diff=diff,
         evidence=evidence,
         policy=policy,
-        extra={"hunks": review.hunks_of(diff)},
+        state=review.ReviewState.of(diff),
     )
 
 

@@ -24,7 +24,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any
 
 from bot.kernel.errors import GitHubNotFound, GitHubPermission
 from bot.kernel.jobs import JobRef
@@ -64,25 +64,6 @@ SUGGESTION = re.compile(
     re.MULTILINE | re.DOTALL,
 )
 UNREADABLE = (GitHubNotFound, GitHubPermission)
-
-
-class FeedbackPort(GitHubPort, Protocol):
-    """The GitHub client reads that settling acceptance needs (workers.github.GitHubClient)."""
-
-    def line_comments(self, repo: str, number: int) -> list[Any]:
-        """Return the PR's review line comments (LineCommentInfo)."""
-
-    def file_at(self, repo: str, path: str, *, ref: str) -> str | None:
-        """Return a text file at a commit, or None."""
-
-    def branch_head(self, repo: str, branch: str) -> str | None:
-        """Return the SHA a branch points at, or None."""
-
-    def pull_commits(self, repo: str, number: int) -> list[str]:
-        """Return the SHAs of the PR's commits."""
-
-    def tree_paths(self, repo: str, sha: str) -> list[str]:
-        """Return every file path of a commit."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +109,7 @@ def outcome(ref: JobRef, rt: Runtime) -> None:
 
 
 def settle_reactions(
-    ref: JobRef, rt: Runtime, github: FeedbackPort, posted: Mapping[int, str]
+    ref: JobRef, rt: Runtime, github: GitHubPort, posted: Mapping[int, str]
 ) -> None:
     """Read the 👍/👎 counts on each comment the bot posted on the PR into feedback rows.
 
@@ -144,7 +125,7 @@ def settle_reactions(
 
 
 def settle_review(
-    ref: JobRef, rt: Runtime, github: FeedbackPort, posted: Mapping[int, str]
+    ref: JobRef, rt: Runtime, github: GitHubPort, posted: Mapping[int, str]
 ) -> set[int]:
     """Count 👍/👎 and applied suggestions on the bot's line comments; return the review ids."""
     if not any(task == "review" for task in posted.values()):
@@ -182,7 +163,7 @@ def owner(comment: Any, posted: Mapping[int, str], *, bot_login: str) -> Target 
 
 
 def settle_suggestions(
-    ref: JobRef, rt: Runtime, github: FeedbackPort, ours: Sequence[tuple[Any, Target]]
+    ref: JobRef, rt: Runtime, github: GitHubPort, ours: Sequence[tuple[Any, Target]]
 ) -> None:
     """Record each bot suggestion that the PR's final head has taken, once per suggestion."""
     head = ref.head_sha or str(github.pull(ref.repo, number(ref)).head_sha)
@@ -199,7 +180,7 @@ def settle_suggestions(
             record(ref, rt, key=key, signal="suggestion_applied", value=1, target=target)
 
 
-def files(github: FeedbackPort, repo: str) -> Callable[[str, str], str | None]:
+def files(github: GitHubPort, repo: str) -> Callable[[str, str], str | None]:
     """Return a reader of files at commits that asks GitHub once per (path, commit)."""
     seen: dict[tuple[str, str], str | None] = {}
 
@@ -252,7 +233,7 @@ def _runs(lines: Sequence[str], block: Sequence[str]) -> int:
     return sum(1 for i in range(len(lines) - size + 1) if lines[i : i + size] == wanted)
 
 
-def settle_tests(ref: JobRef, rt: Runtime, github: FeedbackPort) -> None:
+def settle_tests(ref: JobRef, rt: Runtime, github: GitHubPort) -> None:
     """On a merged PR, record whether the bot's generated tests went in with it.
 
     They did when the commit on the tests branch is one of the PR's commits, or the test
@@ -368,9 +349,9 @@ def results(rt: Runtime, repo: str, pr_number: int) -> dict[int, str]:
     }
 
 
-def port(rt: Runtime, ref: JobRef) -> FeedbackPort:
-    """Return a GitHub client for the job's installation, typed for these reads."""
-    return cast(FeedbackPort, rt.github(ref.installation_id))
+def port(rt: Runtime, ref: JobRef) -> GitHubPort:
+    """Return a GitHub client for the job's installation."""
+    return rt.github(ref.installation_id)
 
 
 def number(ref: JobRef) -> int:

@@ -4,6 +4,7 @@ The job follows ``workers.jobs.summary``'s shape. ``gather`` finds the failed jo
 jobs of one workflow run, or the failed check runs on the head commit), streams each log
 through ``workers.logs.trim`` in one pass, and maps the failing jobs and the files their
 errors name onto the policy's services, so that a failure spanning two services escalates.
+Its state (``CiState``) keeps the trimmed logs, so a stored Gathered reads no log again.
 ``validate`` anchors every evidence line the model quotes in the trimmed log it was shown.
 ``publish`` upserts a sticky comment and a neutral check run, so a retry changes nothing.
 Plain functions: no Celery import.
@@ -14,9 +15,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from bot.kernel.errors import (
     GitHubError,
@@ -31,9 +32,21 @@ from policies.evidence import CiFacts, Evidence, FileChange, evidence_from_diff
 from policies.model import TIER_ORDER, Policy
 from policies.routing import Decision
 from workers import logs, packing
-from workers.jobs.contract import Gathered, GitHubPort, ModelRequest, log_fields, nonce
+from workers.github import PullInfo
+from workers.jobs.contract import (
+    Complete,
+    Gathered,
+    GitHubPort,
+    JobState,
+    ModelRequest,
+    log_fields,
+    nonce,
+)
 from workers.jobs.posting import cell, clean, footer, reasons_line, untrusted
 from workers.ledger import job_key
+
+if TYPE_CHECKING:
+    from workers.llm import Completion
 
 log = logging.getLogger("cibot.jobs.ci")
 
@@ -154,34 +167,6 @@ Confidence: **{confidence}** · written by `{model}` on the **{tier}** tier · c
 CHECK_TITLE_CHARS = 120
 
 
-class CiGitHub(GitHubPort, Protocol):
-    """The extra workers.github.GitHubClient methods this job calls."""
-
-    def check_runs(self, repo: str, sha: str) -> list[Any]:
-        """Return CheckRunInfo for every check run on a commit."""
-
-    def workflow_jobs(self, repo: str, run_id: int) -> list[Any]:
-        """Return JobInfo for every job of a workflow run."""
-
-    def job_log(self, repo: str, job_id: int) -> Iterator[bytes]:
-        """Stream one Actions job's log."""
-
-    def upsert_check_run(
-        self,
-        repo: str,
-        *,
-        head_sha: str,
-        name: str,
-        status: str,
-        conclusion: str | None,
-        title: str,
-        summary: str,
-        text: str = "",
-        external_id: str = "",
-    ) -> int:
-        """Update or create this App's check run of that name; return its id."""
-
-
 @dataclass(frozen=True)
 class Failure:
     """Name one failed CI job and the id its log is read by (an Actions job's id)."""
@@ -205,10 +190,27 @@ class FailedJob:
     paths: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class CiState(JobState):
+    """Hold the failed jobs the prompt shows, the failed ones left unread, and the head read."""
+
+    jobs: tuple[FailedJob, ...]
+    more: tuple[str, ...]
+    head_sha: str
+
+    def texts(self) -> tuple[str, ...]:
+        """Return the CI text read: the jobs' names, failed steps and trimmed logs."""
+        shown = [text for job in self.jobs for text in (job.name, *job.steps, job.log)]
+        return (*shown, *self.more)
+
+
+STATE = CiState
+
+
 # ---- gather ---------------------------------------------------------------------------------
 
 
-def gather(github: CiGitHub, ref: JobRef, policy: Policy) -> Gathered:
+def gather(github: GitHubPort, ref: JobRef, policy: Policy) -> Gathered[CiState]:
     """Read the PR, its failed CI jobs and their trimmed logs, and build the routing evidence."""
     number = ref.pr()
     pull = github.pull(ref.repo, number)
@@ -230,11 +232,12 @@ def gather(github: CiGitHub, ref: JobRef, policy: Policy) -> Gathered:
     evidence = dataclasses.replace(
         evidence, packed_tokens=shown + min(evidence.packed_tokens, diff_room)
     )
-    extra = {"jobs": jobs, "more": tuple(f.name for f in failures[MAX_JOBS:]), "head_sha": head}
-    return Gathered(pull=pull, diff=diff, evidence=evidence, policy=policy, files=(), extra=extra)
+    more = tuple(f.name for f in failures[MAX_JOBS:])
+    state = CiState(jobs=jobs, more=more, head_sha=head)
+    return Gathered(pull=pull, diff=diff, evidence=evidence, policy=policy, state=state)
 
 
-def failed_jobs(github: CiGitHub, ref: JobRef, head_sha: str) -> list[Failure]:
+def failed_jobs(github: GitHubPort, ref: JobRef, head_sha: str) -> list[Failure]:
     """Return the failed jobs of the run in ``ref``, else the failed check runs on the head."""
     run_id = _run_id(ref)
     if run_id is not None:
@@ -285,7 +288,7 @@ def _diff_share(policy: Policy) -> int:
     return int(prompt_budget(policy) * DIFF_SHARE)
 
 
-def read_log(github: CiGitHub, ref: JobRef, failure: Failure, budget: int) -> FailedJob:
+def read_log(github: GitHubPort, ref: JobRef, failure: Failure, budget: int) -> FailedJob:
     """Stream one job's log through the trimmer; say why when there is no log to read."""
     try:
         chunks = github.job_log(ref.repo, failure.log_id)
@@ -325,7 +328,7 @@ def _unique(failures: Sequence[Failure]) -> list[Failure]:
     return out
 
 
-def _diff(github: CiGitHub, repo: str, number: int) -> tuple[str, tuple[FileChange, ...]]:
+def _diff(github: GitHubPort, repo: str, number: int) -> tuple[str, tuple[FileChange, ...]]:
     """Return the PR's diff; when GitHub refuses it as too large, the changed paths only."""
     try:
         return github.pull_diff(repo, number), ()
@@ -338,7 +341,7 @@ def _diff(github: CiGitHub, repo: str, number: int) -> tuple[str, tuple[FileChan
 
 
 def _evidence(
-    diff: str, files: tuple[FileChange, ...], ref: JobRef, pull: Any, ci: CiFacts
+    diff: str, files: tuple[FileChange, ...], ref: JobRef, pull: PullInfo, ci: CiFacts
 ) -> Evidence:
     """Build routing evidence from the diff (or the paths alone) and the CI facts."""
     labels = frozenset(pull.labels)
@@ -350,14 +353,13 @@ def _evidence(
 # ---- request --------------------------------------------------------------------------------
 
 
-def request(gathered: Gathered, decision: Decision) -> ModelRequest:
+def request(gathered: Gathered[CiState], decision: Decision) -> ModelRequest:
     """Show the trimmed logs, then pack the diff into what the tier's window and budget leave."""
     policy = gathered.policy
     tier = policy.tiers[decision.tier]
     tag = nonce()
     system = SYSTEM_PROMPT.format(tag=tag, max_evidence=MAX_EVIDENCE)
-    jobs: tuple[FailedJob, ...] = gathered.extra["jobs"]
-    more: tuple[str, ...] = gathered.extra["more"]
+    jobs, more = gathered.state.jobs, gathered.state.more
     fields = {
         "tag": tag,
         "title": untrusted(gathered.pull.title, tag),
@@ -378,6 +380,11 @@ def request(gathered: Gathered, decision: Decision) -> ModelRequest:
         schema=SCHEMA,
         validate=lambda data: validate(gathered, data),
     )
+
+
+def compute(gathered: Gathered[CiState], decision: Decision, complete: Complete) -> Completion:
+    """Ask for the explanation in one request."""
+    return complete(decision.tier, request(gathered, decision))
 
 
 def _job_text(job: FailedJob, tag: str) -> str:
@@ -405,11 +412,11 @@ def _packed_diff(diff: str, budget: int) -> str:
 # ---- validate -------------------------------------------------------------------------------
 
 
-def validate(gathered: Gathered, data: Any) -> None:
+def validate(gathered: Gathered[CiState], data: Any) -> None:
     """Reject a reply with no root cause, or evidence not copied from the job's trimmed log."""
     if not isinstance(data, Mapping) or not str(data.get("root_cause", "")).strip():
         raise ValueError("the explanation's 'root_cause' is empty")
-    jobs: tuple[FailedJob, ...] = gathered.extra["jobs"]
+    jobs = gathered.state.jobs
     evidence = data.get("evidence")
     if not isinstance(evidence, list):
         raise ValueError("'evidence' must be a list of {job, line} items")
@@ -456,12 +463,11 @@ def _squash(text: str) -> str:
 
 
 def render(
-    gathered: Gathered, decision: Decision, completion: Any, cost_usd: float
+    gathered: Gathered[CiState], decision: Decision, completion: Completion, cost_usd: float
 ) -> dict[str, Any]:
     """Build the sticky comment and the check run: root cause, evidence, fix, tier and cost."""
     data: Mapping[str, Any] = completion.data
-    jobs: tuple[FailedJob, ...] = gathered.extra["jobs"]
-    more: tuple[str, ...] = gathered.extra["more"]
+    jobs, more = gathered.state.jobs, gathered.state.more
     root_cause = _text(data["root_cause"])
     fix = _text(data.get("fix", "")) or "_No fix suggested._"
     confidence = cell(data.get("confidence", "low"), 20)
@@ -488,12 +494,12 @@ def render(
     first = cell(root_cause.splitlines()[0] if root_cause else "", CHECK_TITLE_CHARS)
     return {
         "body": body,
-        "head_sha": str(gathered.extra["head_sha"]),
+        "head_sha": gathered.state.head_sha,
         "check": {"title": CHECK_TITLE.format(title=first), "summary": summary, "text": evidence},
     }
 
 
-def publish(github: CiGitHub, ref: JobRef, payload: Mapping[str, Any]) -> int:
+def publish(github: GitHubPort, ref: JobRef, payload: Mapping[str, Any]) -> int:
     """Upsert the sticky comment and the neutral check run; return the comment's id."""
     number = ref.pr()
     comment_id = github.upsert_comment(ref.repo, number, marker=MARKER, body=str(payload["body"]))

@@ -56,7 +56,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from unidiff.errors import UnidiffParseError
 from unidiff.patch import PatchSet
@@ -70,8 +70,19 @@ from policies.model import Policy
 from policies.routing import Decision
 from policies.tokens import count
 from workers import packing
-from workers.jobs.contract import Gathered, GitHubPort, ModelRequest, log_fields, nonce
+from workers.jobs.contract import (
+    Complete,
+    Gathered,
+    GitHubPort,
+    JobState,
+    ModelRequest,
+    log_fields,
+    nonce,
+)
 from workers.jobs.posting import cell, clean, footer, untrusted
+
+if TYPE_CHECKING:
+    from workers.llm import Completion
 
 log = logging.getLogger("cibot.jobs.deps")
 
@@ -323,22 +334,11 @@ class Greppable(Protocol):
         """Return the lines of the files matching ``globs`` that match an extended regex."""
 
 
-@runtime_checkable
-class HeadReader(Protocol):
-    """The GitHub client methods that read the repository at a commit (git trees, contents)."""
-
-    def tree_paths(self, repo: str, sha: str) -> list[str]:
-        """Return every file path of the commit's tree."""
-
-    def file_at(self, repo: str, path: str, *, ref: str) -> str | None:
-        """Return a file's text at ``ref``, or None when it is absent."""
-
-
 @dataclass
 class TreeSource:
     """Read the repository at the PR head through the GitHub client (one call per file)."""
 
-    reader: HeadReader
+    reader: GitHubPort
     repo: str
     sha: str
     scope: str = "tree"
@@ -549,10 +549,10 @@ def _grep_lines(stream: IO[bytes] | None, prefix: str) -> tuple[tuple[Hit, ...],
 # ---- the checkout at the head ------------------------------------------------------------------
 
 
-Checkout = Callable[[Any, str, str, Path], None]
+Checkout = Callable[[GitHubPort, str, str, Path], None]
 
 
-def fetch_head(github: Any, repo: str, sha: str, dest: Path) -> None:
+def fetch_head(github: GitHubPort, repo: str, sha: str, dest: Path) -> None:
     """Fetch the head commit into ``dest`` from the client's clone URL (the production checkout).
 
     It is the tests job's fetch: the token travels in git's environment, never on a command
@@ -573,7 +573,7 @@ def set_checkout(checkout: Checkout | None) -> Checkout | None:
     return previous
 
 
-def checkout_source(github: Any, repo: str, sha: str, dest: Path) -> GitSource | None:
+def checkout_source(github: GitHubPort, repo: str, sha: str, dest: Path) -> GitSource | None:
     """Check the head out into ``dest`` and return it as a source; None when that fails."""
     if _checkout is None or not SHA.fullmatch(sha or ""):
         return None
@@ -585,9 +585,10 @@ def checkout_source(github: Any, repo: str, sha: str, dest: Path) -> GitSource |
     return GitSource(dest, sha)
 
 
-def source_for(github: Any, repo: str, sha: str, diff: str) -> Source:
+def source_for(github: GitHubPort, repo: str, sha: str, diff: str) -> Source:
     """Pick the best remote source the client offers: the head's tree, else the PR's own diff."""
-    if sha and isinstance(github, HeadReader):
+    # A partial port (the history's in ``cibot assess``, a test's) may not read git trees.
+    if sha and callable(getattr(github, "tree_paths", None)):
         return TreeSource(github, repo, sha)
     return PullSource.from_diff(diff)
 
@@ -1149,8 +1150,8 @@ class Upgrade:
 
 
 @dataclass(frozen=True)
-class Survey:
-    """Hold every upgrade of a PR and how much of the repo was searched."""
+class Survey(JobState):
+    """Hold every upgrade of a PR and how much of the repo was searched (the job's state)."""
 
     upgrades: tuple[Upgrade, ...]
     scope: str
@@ -1171,6 +1172,14 @@ class Survey:
     def known_paths(self) -> frozenset[str]:
         """Return every path a reply may name as affected."""
         return frozenset(p for u in self.upgrades for p in u.affected) | frozenset(self.changed)
+
+    def texts(self) -> tuple[str, ...]:
+        """Return the text read beyond the diff: release notes, changelogs and use sites."""
+        notes = tuple(u.notes for u in self.upgrades)
+        return notes + tuple(use.text for u in self.upgrades for use in u.uses)
+
+
+STATE = Survey
 
 
 def packages(bumps: Iterable[Bump]) -> list[tuple[Bump, ...]]:
@@ -1356,7 +1365,7 @@ def _found(upgrade: Upgrade, found: _Findings | None) -> Upgrade:
 
 def gather(
     github: GitHubPort, ref: JobRef, policy: Policy, *, source: Source | None = None
-) -> Gathered:
+) -> Gathered[Survey]:
     """Read the PR, find its bumps, survey them, and build the evidence with removed APIs in use."""
     number = ref.pr()
     pull = github.pull(ref.repo, number)
@@ -1390,7 +1399,7 @@ def gather(
             scope=chosen.scope,
         ),
     )
-    return Gathered(pull=pull, diff=diff, evidence=evidence, policy=policy, extra={"survey": facts})
+    return Gathered(pull=pull, diff=diff, evidence=evidence, policy=policy, state=facts)
 
 
 def nothing_to_do(github: GitHubPort, ref: JobRef, files: Sequence[FileChange]) -> None:
@@ -1425,10 +1434,10 @@ def _listed(paths: Sequence[str], *, code: bool = True, limit: int = 5) -> str:
     return ", ".join(shown) + more
 
 
-def request(gathered: Gathered, decision: Decision) -> ModelRequest:
+def request(gathered: Gathered[Survey], decision: Decision) -> ModelRequest:
     """Describe each package and pack the diff into what the tier's window leaves."""
     policy = gathered.policy
-    facts: Survey = gathered.extra["survey"]
+    facts = gathered.state
     tag = nonce()
     system = SYSTEM_PROMPT.format(tag=tag)
     bumps = untrusted(_bump_blocks(facts, facts.upgrades[:MAX_BUMPS_SHOWN]), tag)
@@ -1447,6 +1456,11 @@ def request(gathered: Gathered, decision: Decision) -> ModelRequest:
         schema=SCHEMA,
         validate=lambda data: validate(gathered, data),
     )
+
+
+def compute(gathered: Gathered[Survey], decision: Decision, complete: Complete) -> Completion:
+    """Ask for the upgrade notes in one request."""
+    return complete(decision.tier, request(gathered, decision))
 
 
 def _user_prompt(
@@ -1531,14 +1545,14 @@ def _more(n: int) -> str:
     return f", {n} more not shown" if n > 0 else ""
 
 
-def validate(gathered: Gathered, data: Any) -> None:
+def validate(gathered: Gathered[Survey], data: Any) -> None:
     """Reject a reply that names a package, version, kind or path that was not detected."""
     if not isinstance(data, Mapping) or not str(data.get("summary", "")).strip():
         raise ValueError("the reply's 'summary' is empty")
     entries = data.get("bumps")
     if not isinstance(entries, list):
         raise ValueError("the reply must carry a 'bumps' list")
-    facts: Survey = gathered.extra["survey"]
+    facts = gathered.state
     known = facts.known_paths()
     for index, entry in enumerate(entries):
         match(facts, entry, f"bumps[{index}]")
@@ -1613,10 +1627,10 @@ def _version(value: Any) -> str:
 
 
 def render(
-    gathered: Gathered, decision: Decision, completion: Any, cost_usd: float
+    gathered: Gathered[Survey], decision: Decision, completion: Completion, cost_usd: float
 ) -> dict[str, Any]:
     """Build the sticky comment: table, breaking surface, upgrade notes, scope and footer."""
-    facts: Survey = gathered.extra["survey"]
+    facts = gathered.state
     data: Mapping[str, Any] = completion.data
     replies = merged(facts, data.get("bumps", []))
     shown = facts.upgrades[:MAX_BUMPS_SHOWN]

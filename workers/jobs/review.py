@@ -29,21 +29,33 @@ import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from unidiff.errors import UnidiffParseError
 from unidiff.patch import PatchSet
 
 from bot.kernel.errors import GitHubValidation
 from bot.kernel.jobs import JobRef
-from policies.evidence import decode, evidence_from_diff
+from policies.evidence import decode
 from policies.model import Policy
 from policies.routing import Decision
 from policies.tokens import count
 from workers import packing, posts
-from workers.github import ReviewComment
-from workers.jobs.contract import Gathered, GitHubPort, ModelRequest, log_fields, nonce
+from workers.github import ReviewComment, ReviewCommentInfo
+from workers.jobs.contract import (
+    Complete,
+    Gathered,
+    GitHubPort,
+    JobState,
+    ModelRequest,
+    gather_pull,
+    log_fields,
+    nonce,
+)
 from workers.jobs.posting import clean, footer, untrusted
+
+if TYPE_CHECKING:
+    from workers.llm import Completion
 
 log = logging.getLogger("cibot.jobs.review")
 
@@ -194,28 +206,6 @@ SUGGESTION_FENCE = re.compile(r"^([ \t]*)(`{3,}|~{3,})[ \t]*suggestion\b", re.MU
 PATH_PREFIXES = ("a/", "b/", "./", "/")
 
 
-class ReviewPort(GitHubPort, Protocol):
-    """The GitHub client methods the review job needs beyond the pipeline's."""
-
-    def review_comments(self, repo: str, number: int) -> list[Any]:
-        """Return the PR's line comments (ReviewCommentInfo)."""
-
-    def create_review(
-        self,
-        repo: str,
-        number: int,
-        *,
-        commit_sha: str,
-        body: str,
-        comments: Sequence[ReviewComment],
-        event: str = "COMMENT",
-    ) -> int:
-        """Post one review with all its line comments; return its id."""
-
-    def find_comment(self, repo: str, number: int, marker: str) -> Any:
-        """Return the bot's issue comment carrying ``marker``, or None."""
-
-
 # ---- the diff's anchorable lines ------------------------------------------------------------
 
 
@@ -283,17 +273,27 @@ def hunks_of(diff: str) -> Hunks:
 
 
 def _numbered(hunk: Any) -> tuple[DiffLine, ...]:
-    """Number one unidiff hunk's lines on both sides."""
-    old, new = hunk.source_start, hunk.target_start
-    lines: list[DiffLine] = []
-    for line in hunk:
-        kind = line.line_type
-        if kind not in "+- ":
-            continue  # "\ No newline at end of file"
-        lines.append(DiffLine(kind, old, new, line.value.rstrip("\n")))
-        old += kind != "+"
-        new += kind != "-"
-    return tuple(lines)
+    """Return one hunk's lines as the packer numbers them, without "\\ No newline" markers."""
+    return tuple(
+        DiffLine(x.kind, x.next_old, x.next_new, x.value.rstrip("\n"))
+        for x in packing.number(hunk)
+        if x.kind in "+- "
+    )
+
+
+@dataclass(frozen=True)
+class ReviewState(JobState):
+    """Hold the review's own gathered state: the diff's numbered hunks, which findings anchor to."""
+
+    hunks: Hunks
+
+    @classmethod
+    def of(cls, diff: str) -> ReviewState:
+        """Number the diff's hunks."""
+        return cls(hunks_of(diff))
+
+
+STATE = ReviewState
 
 
 def place(
@@ -360,24 +360,12 @@ def annotate(diff: str) -> str:
 # ---- the job's steps ------------------------------------------------------------------------
 
 
-def gather(github: GitHubPort, ref: JobRef, policy: Policy) -> Gathered:
+def gather(github: GitHubPort, ref: JobRef, policy: Policy) -> Gathered[ReviewState]:
     """Read the PR, its diff and its files; number the diff's lines; build the evidence."""
-    number = ref.pr()
-    pull = github.pull(ref.repo, number)
-    diff = github.pull_diff(ref.repo, number)
-    files = tuple(github.pull_files(ref.repo, number))
-    evidence = evidence_from_diff(diff, repo=ref.repo, labels=frozenset(pull.labels))
-    return Gathered(
-        pull=pull,
-        diff=diff,
-        evidence=evidence,
-        policy=policy,
-        files=files,
-        extra={"hunks": hunks_of(diff)},
-    )
+    return gather_pull(github, ref, policy, ReviewState.of)
 
 
-def request(gathered: Gathered, decision: Decision) -> ModelRequest:
+def request(gathered: Gathered[ReviewState], decision: Decision) -> ModelRequest:
     """Pack the labelled diff into what the tier's window leaves after the prompt and reply."""
     policy = gathered.policy
     tag = nonce()
@@ -402,7 +390,12 @@ def request(gathered: Gathered, decision: Decision) -> ModelRequest:
     )
 
 
-def _packed(gathered: Gathered, diff: str, room: int) -> tuple[str, str]:
+def compute(gathered: Gathered[ReviewState], decision: Decision, complete: Complete) -> Completion:
+    """Ask for the review in one request."""
+    return complete(decision.tier, request(gathered, decision))
+
+
+def _packed(gathered: Gathered[ReviewState], diff: str, room: int) -> tuple[str, str]:
     """Pack and label the diff, shrinking the budget until the labelled text and note fit."""
     flags = packing.flags_for(gathered.evidence, gathered.policy)
     budget = room
@@ -418,12 +411,12 @@ def _packed(gathered: Gathered, diff: str, room: int) -> tuple[str, str]:
     return text, f" ({packed.note})" if packed.note else ""
 
 
-def validate(gathered: Gathered, data: Any) -> None:
+def validate(gathered: Gathered[ReviewState], data: Any) -> None:
     """Reject a malformed reply, or one whose findings cannot land on any changed line."""
     findings = parse(data)
     threshold = gathered.policy.review.min_severity
     wanted = [f for f in findings if _rank(f.severity) >= _rank(threshold)]
-    hunks = _hunks(gathered)
+    hunks = gathered.state.hunks
     if wanted and not any(_place(hunks, f) for f in wanted):
         raise ValueError(
             f"none of the {len(wanted)} findings at or above {threshold} is on or near a line "
@@ -487,11 +480,11 @@ def _optional_line(value: Any) -> int | None:
 
 
 def render(
-    gathered: Gathered, decision: Decision, completion: Any, cost_usd: float
+    gathered: Gathered[ReviewState], decision: Decision, completion: Completion, cost_usd: float
 ) -> dict[str, Any]:
     """Place, filter and sort the findings; return them with the review's fixed parts."""
     review = gathered.policy.review
-    hunks = _hunks(gathered)
+    hunks = gathered.state.hunks
     comments: list[dict[str, Any]] = []
     below = dropped = moved = 0
     for finding in parse(completion.data):
@@ -523,7 +516,7 @@ def render(
     }
 
 
-def publish(github: ReviewPort, ref: JobRef, payload: Mapping[str, Any]) -> int:
+def publish(github: GitHubPort, ref: JobRef, payload: Mapping[str, Any]) -> int:
     """Post one COMMENT review with the findings not posted before; return the review's id."""
     number = ref.pr()
     posted = _posted(github.review_comments(ref.repo, number))
@@ -543,7 +536,7 @@ def publish(github: ReviewPort, ref: JobRef, payload: Mapping[str, Any]) -> int:
 
 
 def _post(
-    github: ReviewPort,
+    github: GitHubPort,
     ref: JobRef,
     payload: Mapping[str, Any],
     shown: Sequence[Mapping[str, Any]],
@@ -565,7 +558,7 @@ def _post(
     return github.create_review(ref.repo, number, commit_sha=sha, body=body, comments=[])
 
 
-def _retire_note(github: ReviewPort, ref: JobRef, sha: str, posted: int) -> None:
+def _retire_note(github: GitHubPort, ref: JobRef, sha: str, posted: int) -> None:
     """Replace a waiting or failure note the pipeline left for this task with a pointer."""
     number = ref.pr()
     if github.find_comment(ref.repo, number, MARKER) is None:
@@ -575,12 +568,6 @@ def _retire_note(github: ReviewPort, ref: JobRef, sha: str, posted: int) -> None
 
 
 # ---- helpers --------------------------------------------------------------------------------
-
-
-def _hunks(gathered: Gathered) -> Hunks:
-    """Return the numbered hunks gather stored (or number the diff now)."""
-    hunks = gathered.extra.get("hunks")
-    return hunks if isinstance(hunks, Mapping) else hunks_of(gathered.diff)
 
 
 def _rank(severity: str) -> int:
@@ -738,7 +725,7 @@ def _key(comment: Mapping[str, Any]) -> tuple[str, int, str]:
     return (str(comment["path"]), int(comment["line"]), str(comment["digest"]))
 
 
-def _posted(existing: Iterable[Any]) -> set[tuple[str, int, str]]:
+def _posted(existing: Iterable[ReviewCommentInfo]) -> set[tuple[str, int, str]]:
     """Return the keys of current (not outdated) line comments a bot posted with a finding marker."""
     keys: set[tuple[str, int, str]] = set()
     for comment in existing:

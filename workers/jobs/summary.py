@@ -1,8 +1,10 @@
 """Write a PR summary: what changed and why, risk notes, and a file-by-file walkthrough.
 
 A job module has this shape (``workers.jobs.contract.JobModule``), so review, ci, tests and
-deps jobs can sit next to it: ``MARKER`` and ``SUPERSEDABLE``, then ``gather`` (read
-GitHub, build evidence), ``request`` (pack the prompt), ``validate`` (anchor the reply),
+deps jobs can sit next to it: ``MARKER``, ``SUPERSEDABLE`` and ``STATE`` (the class of its
+own gathered state; the summary needs none beyond the PR), then ``gather`` (read GitHub,
+build evidence), ``request`` (pack the prompt), ``compute`` (make the model calls: here one,
+or a map-reduce over a diff too large for one window), ``validate`` (anchor the reply),
 ``render`` (the payload to post) and ``publish`` (post it, upserting by marker).
 Plain functions: no Celery import.
 """
@@ -13,19 +15,31 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from bot.kernel.jobs import JobRef
-from policies.evidence import evidence_from_diff
 from policies.model import Policy
 from policies.routing import Decision
 from workers import packing
-from workers.jobs.contract import Gathered, GitHubPort, ModelRequest, nonce
+from workers.github import FileInfo
+from workers.jobs.contract import (
+    Complete,
+    Gathered,
+    GitHubPort,
+    JobState,
+    ModelRequest,
+    gather_pull,
+    nonce,
+)
 from workers.jobs.posting import cell, clean, footer, untrusted
+
+if TYPE_CHECKING:
+    from workers.llm import Completion
 
 TASK = "summary"
 MARKER = "<!-- cibot:summary -->"
 SUPERSEDABLE = True  # a summary of an old head is worthless once a newer head exists
+STATE = JobState
 
 MAX_DESCRIPTION_CHARS = 6000
 MAX_TABLE_ROWS = 60
@@ -113,21 +127,9 @@ COMBINE_NOTE = (
 LEFT_OUT = " {count} further parts were not read; say that the summary is partial."
 
 
-class Complete(Protocol):
-    """Complete one request on one tier (the pipeline binds the job's ids and recorder)."""
-
-    def __call__(self, tier: str, request: ModelRequest, reason: str = "") -> Any:
-        """Return a workers.llm.Completion."""
-
-
-def gather(github: GitHubPort, ref: JobRef, policy: Policy) -> Gathered:
+def gather(github: GitHubPort, ref: JobRef, policy: Policy) -> Gathered[JobState]:
     """Read the PR, its diff and its files, and build the routing evidence."""
-    number = ref.pr()
-    pull = github.pull(ref.repo, number)
-    diff = github.pull_diff(ref.repo, number)
-    files = tuple(github.pull_files(ref.repo, number))
-    evidence = evidence_from_diff(diff, repo=ref.repo, labels=frozenset(pull.labels))
-    return Gathered(pull=pull, diff=diff, evidence=evidence, policy=policy, files=files)
+    return gather_pull(github, ref, policy, lambda _diff: JobState())
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ class Frame:
         )
 
 
-def frame(gathered: Gathered) -> Frame:
+def frame(gathered: Gathered[JobState]) -> Frame:
     """Fence the PR's title and description behind a fresh nonce."""
     tag = nonce()
     return Frame(
@@ -161,7 +163,7 @@ def frame(gathered: Gathered) -> Frame:
     )
 
 
-def room(gathered: Gathered, decision: Decision, fixed: Frame) -> int:
+def room(gathered: Gathered[JobState], decision: Decision, fixed: Frame) -> int:
     """Return the diff's token budget: the tier's window less the prompt and the reply."""
     policy = gathered.policy
     reserve = (
@@ -173,7 +175,7 @@ def room(gathered: Gathered, decision: Decision, fixed: Frame) -> int:
     )
 
 
-def request(gathered: Gathered, decision: Decision) -> ModelRequest:
+def request(gathered: Gathered[JobState], decision: Decision) -> ModelRequest:
     """Pack the diff into what the tier's window leaves after the prompt and the reply."""
     fixed = frame(gathered)
     packed = packing.pack(
@@ -185,7 +187,7 @@ def request(gathered: Gathered, decision: Decision) -> ModelRequest:
     return _request(gathered, fixed.system, fixed.user(packed.text, packed.note))
 
 
-def _request(gathered: Gathered, system: str, user: str) -> ModelRequest:
+def _request(gathered: Gathered[JobState], system: str, user: str) -> ModelRequest:
     """Wrap a system and user message with the summary schema and validator."""
     return ModelRequest(
         messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
@@ -194,7 +196,7 @@ def _request(gathered: Gathered, system: str, user: str) -> ModelRequest:
     )
 
 
-def compute(gathered: Gathered, decision: Decision, complete: Complete) -> Any:
+def compute(gathered: Gathered[JobState], decision: Decision, complete: Complete) -> Completion:
     """Summarise in one call, or, when the diff overflows the window, map-reduce it.
 
     Each part is summarised on its own (map), then one more call combines the partial
@@ -233,7 +235,7 @@ def compute(gathered: Gathered, decision: Decision, complete: Complete) -> Any:
     return _merge(partials, combined)
 
 
-def _merge(partials: Sequence[Any], combined: Any) -> Any:
+def _merge(partials: Sequence[Completion], combined: Completion) -> Completion:
     """Return the combined completion carrying every call of the map and reduce steps."""
     everything = [*partials, combined]
     return dataclasses.replace(
@@ -244,7 +246,7 @@ def _merge(partials: Sequence[Any], combined: Any) -> Any:
     )
 
 
-def validate(gathered: Gathered, data: Any) -> None:
+def validate(gathered: Gathered[JobState], data: Any) -> None:
     """Reject a reply that says nothing or walks through files the PR does not change."""
     if not isinstance(data, Mapping) or not str(data.get("what", "")).strip():
         raise ValueError("the summary's 'what' is empty")
@@ -256,7 +258,7 @@ def validate(gathered: Gathered, data: Any) -> None:
 
 
 def render(
-    gathered: Gathered, decision: Decision, completion: Any, cost_usd: float
+    gathered: Gathered[JobState], decision: Decision, completion: Completion, cost_usd: float
 ) -> dict[str, Any]:
     """Build the sticky comment: summary, risks, walkthrough table, tier, cost, reasons."""
     data: Mapping[str, Any] = completion.data
@@ -278,7 +280,7 @@ def publish(github: GitHubPort, ref: JobRef, payload: Mapping[str, Any]) -> int:
     return github.upsert_comment(ref.repo, ref.pr(), marker=MARKER, body=str(payload["body"]))
 
 
-def _rows(files: Sequence[Any], described: Sequence[Any]) -> str:
+def _rows(files: Sequence[FileInfo], described: Sequence[Any]) -> str:
     """Render one table row per changed file, with the model's note where it gave one."""
     notes = {str(e.get("path")): e.get("change", "") for e in described if isinstance(e, Mapping)}
     rows = [

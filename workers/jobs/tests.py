@@ -7,14 +7,17 @@ The job has the shape of ``workers.jobs.summary``:
   lines the PR adds to, that are not tests and that no test file names yet. A PR with
   nothing to cover (no Python, only tests, everything already tested) gets a plain reply
   and no model call.
-- ``request`` asks for one test module; its validator runs every reply in the sandbox
-  (``workers.sandbox``): a throwaway copy of the checkout as the only writable place, a
-  read-only minimal system, no network, no secrets, time and memory limits, with
+- ``request`` asks for one test module; ``compute`` runs the rounds, each reply in the
+  sandbox (``workers.sandbox``): a throwaway copy of the checkout as the only writable
+  place, a read-only minimal system, no network, no secrets, time and memory limits, with
   ``coverage run --branch -m pytest`` and ``coverage json``.
 - Where the worker cannot build that sandbox (bubblewrap missing, user namespaces refused),
   ``gather`` stops before any model call: the sticky comment says that no
   tests were run and what to install, and the job fails with SandboxError. Generated tests
   never run unisolated.
+- The state (``TestsState``) holds the targets and where the tests go; the checkout lives
+  only in this process. A state read back from storage has none, so ``reopen`` checks the
+  head out again (and checks this worker's sandbox) before ``compute``.
 - ``render`` and ``publish`` push the passing tests as one commit on ``cibot/tests/<pr>``
   on top of the head, and upsert the ``<!-- cibot:tests -->`` comment that links it; where
   the App may not push, the comment carries the test file instead.
@@ -22,12 +25,8 @@ The job has the shape of ``workers.jobs.summary``:
 Rounds. A failed round is fed back and retried once; after two failed rounds the route is
 raised with ``TestFacts(failed_rounds=2)`` (``tests_failed_twice``), and a passing round
 under the policy's coverage target is raised with ``TestFacts(coverage=...)``
-(``coverage_below_target``). ``compute`` runs exactly that loop when the pipeline lets a
-job drive its own model calls. Through the single completion of the current pipeline the
-validator gives the rounds via the model client: a failing reply raises ValueError, so the
-client repairs it once on the private tier with the errors (round two) and then escalates
-one tier at a time (mid before frontier); low coverage is sent back while a later reply
-can still come. Either way the post's reasons carry the re-routed triggers.
+(``coverage_below_target``). ``compute`` runs that loop, choosing each round's tier, and
+the post's reasons carry the re-routed triggers.
 
 Checkout. The worker needs the PR head. ``set_checkout`` installs the function that fills
 a directory with the repository at a commit; the default, ``github_checkout``, fetches
@@ -55,7 +54,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.kernel.errors import (
     GitHubNotFound,
@@ -67,11 +66,23 @@ from bot.kernel.errors import (
 )
 from bot.kernel.jobs import JobRef
 from policies.evidence import Evidence, FileChange, TestFacts, evidence_from_diff
-from policies.model import TIER_ORDER, Policy
-from policies.routing import Decision, higher, rank, route
+from policies.model import Policy
+from policies.routing import Decision, higher, route
 from workers import packing, sandbox
-from workers.jobs.contract import Gathered, GitHubPort, ModelRequest, log_fields, nonce
+from workers.github import PullInfo
+from workers.jobs.contract import (
+    Complete,
+    Gathered,
+    GitHubPort,
+    JobState,
+    ModelRequest,
+    log_fields,
+    nonce,
+)
 from workers.jobs.posting import cell, footer, untrusted
+
+if TYPE_CHECKING:
+    from workers.llm import Completion
 
 log = logging.getLogger("cibot.jobs.tests")
 
@@ -264,11 +275,11 @@ NO_ACCESS = {
 class Checkout(Protocol):
     """Fill ``dest`` (an empty directory) with ``repo`` at commit ``sha``."""
 
-    def __call__(self, github: Any, repo: str, sha: str, dest: Path) -> None:
+    def __call__(self, github: GitHubPort, repo: str, sha: str, dest: Path) -> None:
         """Check the commit out into ``dest``; raise SandboxError when it cannot."""
 
 
-def github_checkout(github: Any, repo: str, sha: str, dest: Path) -> None:
+def github_checkout(github: GitHubPort, repo: str, sha: str, dest: Path) -> None:
     """Fetch ``sha`` from the clone URL the GitHub client gives (the production checkout)."""
     clone_url = getattr(github, "clone_url", None)
     if clone_url is None:
@@ -463,7 +474,15 @@ def untested(targets: Sequence[Target], root: Path) -> tuple[list[Target], list[
     return fresh, [t for t in targets if t not in fresh]
 
 
-# ---- one job's state: the checkout and the rounds ------------------------------------------------
+def changed_lines(targets: Iterable[Target]) -> dict[str, frozenset[int]]:
+    """Return the added lines inside the targets, by file."""
+    lines: dict[str, set[int]] = {}
+    for target in targets:
+        lines.setdefault(target.path, set()).update(target.lines)
+    return {path: frozenset(found) for path, found in lines.items()}
+
+
+# ---- one job's state: the targets, and in this process the checkout and the rounds ------------
 
 
 @dataclass(frozen=True)
@@ -494,7 +513,6 @@ class Session:
     rounds: list[Round] = field(default_factory=list)
     start: Decision | None = None  # the route the job started on
     decision: Decision | None = None  # the route after re-routing on the rounds' facts
-    coverage_retries: int = 0
 
     def __post_init__(self) -> None:
         """Remove the checkout when the session is dropped."""
@@ -507,10 +525,7 @@ class Session:
     @property
     def changed(self) -> dict[str, frozenset[int]]:
         """Return the added lines inside the targets, by file."""
-        lines: dict[str, set[int]] = {}
-        for target in self.targets:
-            lines.setdefault(target.path, set()).update(target.lines)
-        return {path: frozenset(found) for path, found in lines.items()}
+        return changed_lines(self.targets)
 
     @property
     def target(self) -> float:
@@ -518,9 +533,8 @@ class Session:
         return self.policy.behaviour.coverage_target
 
     def begin(self, decision: Decision) -> None:
-        """Start the rounds on ``decision``; say how often low coverage may be sent back."""
+        """Start the rounds on ``decision``."""
         self.start = decision
-        self.coverage_retries = min(2, replies(self.policy, decision) - 1)
 
     def facts(self, done: Round) -> TestFacts:
         """Return the facts after ``done``: failed rounds so far, and its coverage if it passed."""
@@ -540,24 +554,6 @@ class Session:
     def accepted(self, code: str) -> Round | None:
         """Return the passing round that produced ``code``, if any."""
         return next((r for r in reversed(self.rounds) if r.passed and r.code == code), None)
-
-    def check(self, data: Any) -> None:
-        """Run a reply's tests; raise ValueError with what to fix (the pipeline's validator)."""
-        done = self.attempt(data)
-        if not done.passed:
-            self.escalate(done)
-            detail = feedback(done)
-            raise ValueError(
-                f"the generated tests did not pass: {done.summary}"
-                + (f"; {detail}" if detail else "")
-            )
-        if self.short(done) and self.coverage_retries > 0:
-            self.coverage_retries -= 1
-            self.escalate(done)
-            raise ValueError(
-                f"the tests pass but run only {_pct(done.coverage)} of the changed lines "
-                f"(target {_pct(self.target)}); also run {missing_text(done.missing)}"
-            )
 
     def short(self, done: Round) -> bool:
         """Tell whether a passing round misses the coverage target."""
@@ -601,20 +597,6 @@ def read_report(path: Path) -> Mapping[str, Any] | None:
     except ValueError:
         return None
     return data if isinstance(data, dict) else None
-
-
-def replies(policy: Policy, decision: Decision) -> int:
-    """Count the replies a model-client completion can give from the decided tier upward.
-
-    The client repairs an invalid reply once on a private tier and gives each tier above
-    one reply; low coverage may be sent back while a later reply can still come.
-    """
-    if decision.tier not in policy.tiers:
-        return 1
-    tiers = [t for t in TIER_ORDER[rank(decision.tier) : 3] if t in policy.tiers]
-    if decision.private_only:
-        tiers = [t for t in tiers if policy.tiers[t].private] or [policy.best_private_tier()]
-    return sum(2 if policy.tiers[t].private else 1 for t in tiers)
 
 
 def code_of(data: Any) -> str:
@@ -759,17 +741,6 @@ def changed_coverage(
     return (ran / measured if measured else None), missing
 
 
-TEST_ID = re.compile(r"\S+\.py::")
-
-
-def feedback(done: Round) -> str:
-    """Say briefly what failed, for the model's next round."""
-    if done.problems:
-        return "; ".join(TEST_ID.sub("", line) for line in done.problems)
-    lines = done.output.strip().splitlines()
-    return lines[-1][:300] if lines else ""
-
-
 def missing_text(missing: Mapping[str, Sequence[int]]) -> str:
     """Render missed lines as ``path: 3-5, 9; other.py: 12``."""
     return "; ".join(f"{path}: {ranges(lines)}" for path, lines in missing.items()) or "none"
@@ -794,16 +765,46 @@ def _pct(value: float | None) -> str:
 # ---- the job: gather, request, validate, render, publish --------------------------------------
 
 
-class TestsGitHub(GitHubPort, Protocol):
-    """The extra workers.github.GitHubClient methods this job calls."""
+@dataclass(eq=False)
+class Workspace:
+    """Hold the job's checkout session in this process; it is never stored with the state."""
 
-    def push_files(
-        self, repo: str, *, branch: str, base_sha: str, files: Mapping[str, str], message: str
-    ) -> str:
-        """Point ``branch`` at one new commit on ``base_sha``; return its SHA."""
+    session: Session | None = None
 
 
-def gather(github: GitHubPort, ref: JobRef, policy: Policy) -> Gathered:
+@dataclass(frozen=True)
+class TestsState(JobState):
+    """Hold what the tests job found at the head: its targets and where the tests go."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    targets: tuple[Target, ...]
+    test_path: str
+    skipped: tuple[Target, ...] = ()
+    other_languages: tuple[str, ...] = ()
+    workspace: Workspace = field(default_factory=Workspace, compare=False, repr=False)
+
+    def texts(self) -> tuple[str, ...]:
+        """Return the code read at the head: each target's source and its module's imports."""
+        return tuple(text for t in self.targets for text in (t.source, t.imports))
+
+    def reopen(self, github: GitHubPort, ref: JobRef, gathered: Gathered[Any]) -> None:
+        """Check the head out again when this process has no checkout (a loaded state)."""
+        if self.workspace.session is not None:
+            return
+        session = _checked_out(
+            github, ref, gathered.pull.head_sha, gathered.evidence, gathered.policy
+        )
+        session.targets, session.skipped = self.targets, self.skipped
+        session.other_languages, session.test_path = self.other_languages, self.test_path
+        _require_sandbox(github, ref, session)
+        self.workspace.session = session
+
+
+STATE = TestsState
+
+
+def gather(github: GitHubPort, ref: JobRef, policy: Policy) -> Gathered[TestsState]:
     """Read the PR, check its head out and find the changed functions that lack tests."""
     number = ref.pr()
     pull = github.pull(ref.repo, number)
@@ -811,12 +812,20 @@ def gather(github: GitHubPort, ref: JobRef, policy: Policy) -> Gathered:
     evidence = _evidence(github, ref, diff, pull)
     sources = [f for f in python_sources(evidence.files) if not is_test_file(f.path)]
     _stop_if(github, ref, _nothing_to_do(evidence, sources))
-    session = _session(github, ref, pull, sources, evidence, policy)
+    session = _checked_out(github, ref, pull.head_sha, evidence, policy)
+    fresh, skipped = untested(_targets(session.root, sources, ref), session.root)
+    session.targets, session.skipped = tuple(fresh[:MAX_TARGETS]), tuple(skipped)
     session.other_languages = tuple(languages_of(evidence.files))
     _stop_if(github, ref, _nothing_left(session))
     _require_sandbox(github, ref, session)
-    extra = {"session": session, "head_sha": pull.head_sha}
-    return Gathered(pull=pull, diff=diff, evidence=evidence, policy=policy, extra=extra)
+    state = TestsState(
+        targets=session.targets,
+        test_path=session.test_path,
+        skipped=session.skipped,
+        other_languages=session.other_languages,
+        workspace=Workspace(session),
+    )
+    return Gathered(pull=pull, diff=diff, evidence=evidence, policy=policy, state=state)
 
 
 def _stop_if(github: GitHubPort, ref: JobRef, nothing: str | None) -> None:
@@ -839,7 +848,7 @@ def _require_sandbox(github: GitHubPort, ref: JobRef, session: Session) -> None:
     raise SandboxError(found.refusal)
 
 
-def _evidence(github: GitHubPort, ref: JobRef, diff: str, pull: Any) -> Evidence:
+def _evidence(github: GitHubPort, ref: JobRef, diff: str, pull: PullInfo) -> Evidence:
     """Build the routing evidence; a diff with no text at all gets the plain reply."""
     try:
         return evidence_from_diff(diff, repo=ref.repo, labels=frozenset(pull.labels))
@@ -871,28 +880,20 @@ def _nothing_left(session: Session) -> str | None:
     return NO_FUNCTIONS
 
 
-def _session(
-    github: GitHubPort,
-    ref: JobRef,
-    pull: Any,
-    sources: Sequence[FileChange],
-    evidence: Evidence,
-    policy: Policy,
+def _checked_out(
+    github: GitHubPort, ref: JobRef, sha: str, evidence: Evidence, policy: Policy
 ) -> Session:
-    """Check the head out and find the targets; the session owns the checkout."""
+    """Check ``sha`` out into a new session, which owns the checkout; no targets yet."""
     root = Path(tempfile.mkdtemp(prefix="cibot-checkout-")) / "repo"
     root.mkdir()
     try:
-        _checkout(github, ref.repo, pull.head_sha, root)
-        found = _targets(root, sources, ref)
-        fresh, skipped = untested(found, root)
+        _checkout(github, ref.repo, sha, root)
     except BaseException:
         sandbox.remove_tree(root.parent)
         raise
     return Session(
         root=root,
-        targets=tuple(fresh[:MAX_TARGETS]),
-        skipped=tuple(skipped),
+        targets=(),
         test_path=_test_path(root, ref.pr()),
         evidence=evidence,
         policy=policy,
@@ -934,32 +935,30 @@ def _reply(github: GitHubPort, ref: JobRef, why: str) -> None:
     github.upsert_comment(ref.repo, ref.pr(), marker=MARKER, body=body)
 
 
-def session_of(gathered: Gathered) -> Session:
-    """Return the job's session from what ``gather`` returned."""
-    session = gathered.extra.get("session")
-    if not isinstance(session, Session):
-        raise InputError("the tests job was gathered without a checkout session")
+def session_of(gathered: Gathered[TestsState]) -> Session:
+    """Return the job's checkout session, which ``gather`` or ``reopen`` opened."""
+    session = gathered.state.workspace.session
+    if session is None:
+        raise InputError(
+            "the tests job has no checkout: reopen a stored Gathered before its rounds"
+        )
     return session
 
 
-def request(gathered: Gathered, decision: Decision) -> ModelRequest:
-    """Ask for one test module; every reply is run in the sandbox by the validator."""
-    session = session_of(gathered)
-    session.begin(decision)
-    return ModelRequest(
-        messages=first_messages(gathered, decision, nonce()),
-        schema=SCHEMA,
-        validate=session.check,
-    )
+def request(gathered: Gathered[TestsState], decision: Decision) -> ModelRequest:
+    """Ask for one test module (the first round's request; ``compute`` runs every round)."""
+    return ModelRequest(first_messages(gathered, decision, nonce()), SCHEMA, shape_check)
 
 
-def first_messages(gathered: Gathered, decision: Decision, tag: str) -> list[dict[str, str]]:
+def first_messages(
+    gathered: Gathered[TestsState], decision: Decision, tag: str
+) -> list[dict[str, str]]:
     """Build the system and user messages: the targets, then the diff in what room is left."""
-    session = session_of(gathered)
+    state = gathered.state
     policy = gathered.policy
     system = SYSTEM_PROMPT.format(tag=tag)
-    targets = "\n\n".join(_target_text(t, tag) for t in session.targets)
-    skipped = f" ({len(session.skipped)} already tested are left out)" if session.skipped else ""
+    targets = "\n\n".join(_target_text(t, tag) for t in state.targets)
+    skipped = f" ({len(state.skipped)} already tested are left out)" if state.skipped else ""
     title = untrusted(gathered.pull.title, tag)
     frame = USER_PROMPT.format(
         tag=tag, title=title, skipped=skipped, targets=targets, note="", diff=""
@@ -988,14 +987,14 @@ def _target_text(target: Target, tag: str) -> str:
     )
 
 
-def validate(gathered: Gathered, data: Any) -> None:
+def validate(gathered: Gathered[TestsState], data: Any) -> None:
     """Accept only a reply whose tests passed in the sandbox."""
     if session_of(gathered).accepted(code_of(data)) is None:
         raise ValueError("the generated tests have not passed in the sandbox")
 
 
 def render(
-    gathered: Gathered, decision: Decision, completion: Any, cost_usd: float
+    gathered: Gathered[TestsState], decision: Decision, completion: Completion, cost_usd: float
 ) -> dict[str, Any]:
     """Build the payload: the test file, its branch, and the comment's parts."""
     session = session_of(gathered)
@@ -1016,7 +1015,7 @@ def render(
     )
     return {
         "pr": number,
-        "head_sha": str(gathered.extra["head_sha"]),
+        "head_sha": gathered.pull.head_sha,
         "branch": BRANCH.format(pr=number),
         "path": session.test_path,
         "code": done.code,
@@ -1073,11 +1072,10 @@ def _count(code: str) -> int:
 def publish(github: GitHubPort, ref: JobRef, payload: Mapping[str, Any]) -> int:
     """Push the tests to their branch and link it; post the file instead where we may not push."""
     number = ref.pr()
-    pusher: TestsGitHub = github  # type: ignore[assignment]
     count = f"{payload['count']} test{'s' if payload['count'] != 1 else ''}"
     head = str(payload["head_sha"])
     try:
-        commit = pusher.push_files(
+        commit = github.push_files(
             ref.repo,
             branch=str(payload["branch"]),
             base_sha=head,
@@ -1121,21 +1119,14 @@ def _longest_run(text: str, char: str) -> int:
     return max((len(r) for r in runs), default=0)
 
 
-def _branch_link(github: Any, repo: str, branch: str) -> str:
+def _branch_link(github: GitHubPort, repo: str, branch: str) -> str:
     """Return the web URL of a branch (github.com, or a GitHub Enterprise host)."""
-    api = str(getattr(github, "base_url", "https://api.github.com")).rstrip("/")
+    api = github.base_url.rstrip("/")
     web = "https://github.com" if api == "https://api.github.com" else api.removesuffix("/api/v3")
     return f"{web}/{repo}/tree/{urllib.parse.quote(branch)}"
 
 
-# ---- rounds, for a pipeline that lets the job drive its model calls ----------------------------
-
-
-class Complete(Protocol):
-    """Complete one request on one tier (the pipeline binds the job's ids and recorder)."""
-
-    def __call__(self, tier: str, request: ModelRequest, reason: str) -> Any:
-        """Return a workers.llm.Completion."""
+# ---- rounds: the job drives its model calls --------------------------------------------------
 
 
 def reroute(evidence: Evidence, policy: Policy, decision: Decision, facts: TestFacts) -> Decision:
@@ -1154,7 +1145,7 @@ def reroute(evidence: Evidence, policy: Policy, decision: Decision, facts: TestF
     )
 
 
-def compute(gathered: Gathered, decision: Decision, complete: Complete) -> Any:
+def compute(gathered: Gathered[TestsState], decision: Decision, complete: Complete) -> Completion:
     """Run the rounds, choosing each round's tier; return the completion to publish.
 
     A failed round is retried once on its tier with the errors; after two, and after a
@@ -1167,7 +1158,7 @@ def compute(gathered: Gathered, decision: Decision, complete: Complete) -> Any:
     tag = nonce()
     first = first_messages(gathered, decision, tag)
     tier, reason, messages = decision.tier, "", first
-    completions: list[Any] = []
+    completions: list[Completion] = []
     while len(session.rounds) < MAX_ROUNDS:
         completion = complete(tier, ModelRequest(messages, SCHEMA, shape_check), reason)
         completions.append(completion)
@@ -1215,7 +1206,7 @@ def _follow_up(done: Round, session: Session, tag: str) -> list[dict[str, str]]:
     return [reply, {"role": "user", "content": text}]
 
 
-def _merged(completions: Sequence[Any], session: Session) -> Any:
+def _merged(completions: Sequence[Completion], session: Session) -> Completion:
     """Return the completion of the best passing round, carrying every round's calls."""
     best = _best(session.rounds)
     if best is None:
