@@ -660,7 +660,7 @@ def test_the_pr_source_keeps_line_numbers() -> None:
 
 @dataclasses.dataclass
 class MemoryReader:
-    """A HeadReader over files held in memory, recording each read (one API call each)."""
+    """Read git trees and files held in memory, recording each read (one API call each)."""
 
     files: dict[str, str]
     reads: list[str] = dataclasses.field(default_factory=list)
@@ -793,7 +793,7 @@ def test_any_notes_text_yields_only_identifier_shaped_names(text: str) -> None:
 
 
 class GoneReader:
-    """A HeadReader whose files have vanished, or are too large for the contents API."""
+    """Read a git tree whose files have vanished, or are too large for the contents API."""
 
     def tree_paths(self, repo: str, sha: str) -> list[str]:
         """List two files."""
