@@ -404,7 +404,7 @@ def _reader(kind: Any) -> Read:
     if origin is tuple:
         return _tuple(args)
     if origin in (frozenset, set):
-        each = _array(_reader(args[0]))
+        each = _array(args[0])
         return lambda data: frozenset(each(data))
     if origin in (dict, Mapping):
         return _mapping(_reader(args[1]))
@@ -417,16 +417,24 @@ def _reader(kind: Any) -> Read:
     raise TypeError(f"a {kind!r} field cannot be read from a Gathered's JSON")
 
 
+# json.loads makes exactly these types (never a subclass, and a bool is never an int).
+EXACT = (bool, int, str)
+
+
 def _scalar(kind: type[Any]) -> Read:
     """Read a bool, an int, a float (an int is one too) or a string, and nothing else."""
-    wanted = (int, float) if kind is float else (kind,)
 
-    def read(data: Any) -> Any:
-        if not isinstance(data, wanted) or (isinstance(data, bool) and kind is not bool):
+    def exact(data: Any) -> Any:
+        if type(data) is not kind:
             raise _wrong(data, kind.__name__)
-        return float(data) if kind is float else data
+        return data
 
-    return read
+    def number(data: Any) -> float:
+        if type(data) not in (int, float):
+            raise _wrong(data, "a number")
+        return float(data)
+
+    return number if kind is float else exact
 
 
 def _optional(options: tuple[Any, ...]) -> Read:
@@ -438,35 +446,46 @@ def _optional(options: tuple[Any, ...]) -> Read:
     return lambda data: None if data is None else inner(data)
 
 
-def _array(read: Read) -> Callable[[Any], list[Any]]:
+def _array(kind: Any) -> Callable[[Any], list[Any]]:
     """Read a JSON array item by item, saying which item misfits."""
+    read, exact = _reader(kind), kind in EXACT
 
     def each(data: Any) -> list[Any]:
         if not isinstance(data, list):
             raise _wrong(data, "an array")
-        out = []
-        for n, item in enumerate(data):
-            try:
-                out.append(read(item))
-            except _Misfit as exc:
-                exc.at.append(f"[{n}]")
-                raise
-        return out
+        if exact and all(type(item) is kind for item in data):
+            return data
+        try:
+            return [read(item) for item in data]
+        except _Misfit as exc:
+            exc.at.append(f"[{next(n for n, v in enumerate(data) if _refuses(read, v))}]")
+            raise
 
     return each
+
+
+def _refuses(read: Read, data: Any) -> bool:
+    """Tell whether ``read`` refuses ``data`` (on the error path, to say where it failed)."""
+    try:
+        read(data)
+    except _Misfit:
+        return True
+    return False
 
 
 def _tuple(args: tuple[Any, ...]) -> Read:
     """Read a ``tuple[X, ...]`` or a fixed ``tuple[X, Y]`` from a JSON array."""
     if len(args) == 2 and args[1] is Ellipsis:
-        each = _array(_reader(args[0]))
+        each = _array(args[0])
         return lambda data: tuple(each(data))
-    reads = [_reader(kind) for kind in args]
+    reads, exact = [_reader(kind) for kind in args], all(kind in EXACT for kind in args)
 
     def fixed(data: Any) -> tuple[Any, ...]:
         if not isinstance(data, list) or len(data) != len(reads):
             raise _wrong(data, f"an array of {len(reads)}")
-        return tuple(read(item) for read, item in zip(reads, data, strict=True))
+        if exact and all(type(v) is k for v, k in zip(data, args, strict=True)):
+            return tuple(data)
+        return tuple([read(item) for read, item in zip(reads, data, strict=True)])
 
     return fixed
 
@@ -477,17 +496,17 @@ def _mapping(read: Read) -> Read:
     def pairs(data: Any) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise _wrong(data, "an object")
-        return {key: _field(read, value, f".{key}") for key, value in data.items()}
+        return _members(dict.fromkeys(data, read), data)
 
     return pairs
 
 
-def _field(read: Read, data: Any, where: str) -> Any:
-    """Read one member, saying where it was when it misfits."""
+def _members(reads: Mapping[str, Read], data: Mapping[str, Any]) -> dict[str, Any]:
+    """Read each member of a JSON object with its reader, saying which member misfits."""
     try:
-        return read(data)
+        return {key: reads[key](value) for key, value in data.items()}
     except _Misfit as exc:
-        exc.at.append(where)
+        exc.at.append("." + next(k for k, v in data.items() if _refuses(reads[k], v)))
         raise
 
 
@@ -509,6 +528,6 @@ def _dataclass(kind: Any, hints: Mapping[str, Any]) -> Read:
         if data.keys() != reads.keys():
             odd = sorted(data.keys() ^ reads.keys())
             raise _Misfit(f"the fields {odd} differ from {kind.__name__}'s")
-        return kind(**{n: _field(reads[n], v, f".{n}") for n, v in data.items()})
+        return kind(**_members(reads, data))
 
     return build
