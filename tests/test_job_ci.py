@@ -24,7 +24,7 @@ from policies.tokens import count
 from tests import test_pipeline
 from tests.fakes.github import FakeGitHub
 from tests.test_pipeline import DIFF, INSTALLATION, REPO, SHA, World
-from workers import logs, pipeline, repo_config
+from workers import logs, pipeline
 from workers.github import GitHubClient
 from workers.jobs import ci
 from workers.ledger import SUCCEEDED, ModelCallRecord, job_key
@@ -147,7 +147,7 @@ def test_a_single_failing_pytest_job_is_explained_on_local(world: World) -> None
     assert "Failed steps: Run tests" in user and "=== job: lint" not in user
     assert [c.path for c in world.github.calls_to("GET", r"/actions/jobs/\d+/logs$")] == [
         f"/repos/{REPO}/actions/jobs/11/logs"
-    ] * 2  # read once to route (dispatch), once to explain (run_job): only IDs cross the queue
+    ]  # read once, by dispatch: run_job explains what dispatch gathered and kept
     job = world.rt.ledger.job(job_key(ref))
     assert job is not None
     assert (job["status"], job["tier_path"], job["comment_id"]) == (
@@ -548,7 +548,7 @@ def test_without_the_diff_the_changed_paths_still_pin_private_data(
     """A diff GitHub will not serve still yields the paths, so private_only holds."""
     world.github.set_file(REPO, ".github/cibot.yml", "private_only:\n  paths: ['src/**']\n")
     add_run(world.github, 513, (93, "billing-tests", "failure", BILLING_LOG))
-    policy = repo_config.read(client, REPO, world.policy)[0].policy
+    policy = pipeline.repo_policy(client, REPO, world.policy)
     gathered = ci.gather(DiffTooLarge(client), ci_ref(run_id=513), policy)
     assert gathered.diff == ""
     assert {f.path for f in gathered.evidence.files} == {"src/upload.py", "README.md"}

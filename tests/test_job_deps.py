@@ -311,7 +311,7 @@ def test_a_removed_api_the_repo_calls_fires_removed_api(world: World) -> None:
         "removed_api",
     )
     reads = world.github.calls_to("GET", r"/contents/src/")
-    assert len(reads) == 6  # three code files, read once to route and once to write
+    assert len(reads) == 3  # three code files, read once by dispatch: run_job reuses them
 
 
 def test_with_the_plain_client_the_prs_own_lines_are_searched(world: World) -> None:

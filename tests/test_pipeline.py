@@ -619,3 +619,54 @@ def test_cibot_ci_with_a_broken_policy_says_which_file_and_exits_2(
     assert "broken.yaml" in line and "fix that setting and run again" in line, line
     assert not CLASS_NAME.search(line) and "Traceback" not in done.stderr
     assert gh.calls == [] and local.requests == []
+
+
+# ---- gather once: dispatch keeps what it gathered, run_job uses it ---------------------
+
+
+def reads(world: World) -> dict[str, int]:
+    """Count the GitHub reads a summary job makes, by what they read."""
+    paths: dict[str, Any] = {
+        "pull": r"/pulls/7$",
+        "files": r"/pulls/7/files$",
+        "config": r"/contents/\.github/cibot\.yml$",
+    }
+    return {name: len(world.github.calls_to("GET", path)) for name, path in paths.items()}
+
+
+def test_run_job_computes_from_what_dispatch_gathered(world: World) -> None:
+    world.local.script(reply=GOOD)
+    ref = world.ref()
+    assert pipeline.dispatch(ref, world.rt) is StepOutcome.QUEUED
+    assert world.rt.redis.exists(state_key(ref, "gathered"))
+    after_dispatch = reads(world)
+    assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is StepOutcome.COMPUTED
+    assert reads(world) == after_dispatch  # run_job read nothing from GitHub
+    assert not world.rt.redis.exists(state_key(ref, "gathered"))  # the result replaced it
+    assert pipeline.publish(ref, world.rt) is StepOutcome.PUBLISHED
+    [comment] = world.comments()
+    assert "Adds a retry helper" in comment["body"]
+
+
+def test_run_job_gathers_again_when_the_kept_copy_is_gone(world: World) -> None:
+    world.local.script(reply=GOOD)
+    ref = world.ref()
+    assert pipeline.dispatch(ref, world.rt) is StepOutcome.QUEUED
+    after_dispatch = reads(world)
+    world.rt.redis.delete(state_key(ref, "gathered"))  # expired: the job waited a day
+    assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is StepOutcome.COMPUTED
+    assert reads(world)["pull"] > after_dispatch["pull"]  # it read the PR again
+    assert pipeline.publish(ref, world.rt) is StepOutcome.PUBLISHED
+    assert len(world.comments()) == 1
+
+
+def test_run_job_gathers_again_when_another_version_kept_it(world: World) -> None:
+    world.local.script(reply=GOOD)
+    ref = world.ref()
+    assert pipeline.dispatch(ref, world.rt) is StepOutcome.QUEUED
+    after_dispatch = reads(world)
+    world.rt.state.keep_gathered(ref, '{"format": "from another version"}')
+    assert pipeline.run_job(ref, world.rt, deadline=Deadline(60)) is StepOutcome.COMPUTED
+    assert reads(world)["pull"] > after_dispatch["pull"]  # it read the PR again
+    world.rt.redis.set(state_key(ref, "gathered"), b"\xff not even base64")
+    assert world.rt.state.gathered(ref) is None

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import importlib
 import logging
 import time
 import uuid
@@ -58,14 +57,19 @@ from policies.loading import REPO_SOURCE
 from policies.model import Policy, TaskPolicy
 from policies.routing import Decision, route
 from workers import capture, redaction, repo_config
+from workers.jobs import bookkeeping, command
 from workers.jobs.contract import (
     Gathered,
     GitHubPort,
     JobModule,
     ModelPort,
     ModelRequest,
+    StaleGathered,
+    dump,
+    load,
     log_fields,
 )
+from workers.jobs.registry import job_for
 from workers.ledger import FAILED, SUCCEEDED, JobResult, job_key
 from workers.llm import CallRecord
 from workers.queues import queue_for_tier
@@ -192,18 +196,8 @@ def github_for(rt: Runtime, ref: JobRef, *, shadow: bool = False) -> ShadowGitHu
 
 
 def job_module(task: str) -> JobModule | None:
-    """Import ``workers.jobs.<task>``, or return None when no such job exists yet."""
-    return cast("JobModule | None", _import(f"workers.jobs.{task}"))
-
-
-def _import(name: str) -> Any:
-    """Import a module, or return None when that very module does not exist."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            return None
-        raise
+    """Return the job module for a task (``workers.jobs.registry``), or None."""
+    return job_for(task)
 
 
 def is_stale(ref: JobRef, rt: Runtime, job: JobModule) -> str | None:
@@ -283,8 +277,6 @@ def dispatch(ref: JobRef, rt: Runtime) -> StepOutcome:
     if ref.task == "command":
         return _command(ref, rt)
     if ref.task in EDGE_TASKS:
-        from workers.jobs import bookkeeping
-
         bookkeeping.handle(ref, rt)
         return StepOutcome.RECORDED
     return enqueue_model_job(ref, rt)
@@ -292,10 +284,6 @@ def dispatch(ref: JobRef, rt: Runtime) -> StepOutcome:
 
 def _command(ref: JobRef, rt: Runtime) -> StepOutcome:
     """Run a comment command; queue the model jobs it asks for."""
-    command = _import("workers.jobs.command")
-    if command is None:
-        log.warning("comment commands are not available in this build", extra=log_fields(ref))
-        return StepOutcome.IGNORED
     with contextlib.closing(github_for(rt, ref)) as github:
         merged, _ = repo_config.read(github, ref.repo, rt.policy)
         follow: list[JobRef] = command.handle_command(
@@ -355,6 +343,7 @@ def _route_and_queue(
         logsetup.bind(tier=decision.tier)
         if decision.tier == "human":
             return _publish_human(ref, rt, job, github, decision)
+    rt.state.keep_gathered(ref, dump(gathered))  # run_job computes from this, not GitHub
     rt.ledger.queue_job(ref, tier=decision.tier)
     rt.send(RUN_JOB, ref, queue_for_tier(decision.tier, rt.policy))
     log.info("job queued", extra=log_fields(ref, decision.tier))
@@ -418,11 +407,13 @@ def run_job(ref: JobRef, rt: Runtime, *, deadline: Deadline) -> StepOutcome:
 
 
 def _compute(ref: JobRef, rt: Runtime, job: JobModule, deadline: Deadline) -> StepOutcome:
-    """Gather, route, pack, complete, validate and render; store the result."""
+    """Route, pack, complete, validate and render what dispatch gathered; store the result."""
     calls: list[Any] = []
     attempt = uuid.uuid4().hex[:12]
     with contextlib.closing(github_for(rt, ref)) as github:
-        gathered = job.gather(github, ref, repo_policy(github, ref.repo, rt.policy, ref=ref, rt=rt))
+        gathered = _stored(ref, rt, job, github) or job.gather(
+            github, ref, repo_policy(github, ref.repo, rt.policy, ref=ref, rt=rt)
+        )
         decision = decide(ref, gathered, rt)
         logsetup.bind(tier=decision.tier)
         if decision.tier == "human":  # the evidence changed since dispatch routed it
@@ -484,19 +475,31 @@ def _completer(ref: JobRef, decision: Decision, model: ModelPort) -> Callable[..
     return complete
 
 
+def _stored(ref: JobRef, rt: Runtime, job: JobModule, github: ShadowGitHub) -> Gathered | None:
+    """Return what dispatch gathered for the job, or None when it must be gathered again.
+
+    It is gone once its day has passed (a job held that long for the private model), and
+    unreadable when another version of cibot stored it; then run_job reads GitHub itself.
+    """
+    text = rt.state.gathered(ref)
+    if text is None:
+        return None
+    try:
+        gathered = load(text, job.STATE)
+    except StaleGathered as exc:
+        log.info("stored gathering not used", extra=log_fields(ref, error=str(exc)))
+        return None
+    if shadowed(gathered.policy, installation_id=ref.installation_id, repo=ref.repo):
+        github.shadow = True  # the repo's config, merged at dispatch, turned shadow mode on
+    gathered.reopen(github, ref)  # the tests job checks its head out again
+    return gathered
+
+
 def _complete_job(
     job: JobModule, gathered: Gathered, decision: Decision, complete: Callable[..., Any]
 ) -> Any:
-    """Get a validated completion: one request, or the job's own rounds when it has them.
-
-    A job with rounds (generated tests: run, feed the errors back, climb on the routing
-    table's facts; a summary too large for one window: map, then reduce) drives its calls.
-    """
-    rounds = getattr(job, "compute", None)
-    if rounds is not None:
-        completion = rounds(gathered, decision, complete)
-    else:
-        completion = complete(decision.tier, job.request(gathered, decision))
+    """Get a validated completion from the job's own ``compute`` (one request, or rounds)."""
+    completion = job.compute(gathered, decision, complete)
     job.validate(gathered, completion.data)
     return completion
 
@@ -665,6 +668,7 @@ def fail(ref: JobRef, rt: Runtime, exc: BaseException) -> None:
         _nothing_to_do(ref, rt, exc, reason)
         return
     rt.ledger.finish_job(ref, JobResult(status=FAILED, error_kind=type(exc).__name__, error=reason))
+    rt.state.finish(ref)  # what only an unfinished job needs: its gathered input, its note
     log.warning("job failed", extra=log_fields(ref, error_kind=type(exc).__name__, error=reason))
     log.debug("job failure traceback", extra=log_fields(ref), exc_info=exc)
     job = job_module(ref.task) if ref.task in MODEL_TASKS else None

@@ -38,7 +38,6 @@ import argparse
 import concurrent.futures
 import contextlib
 import difflib
-import importlib
 import io
 import json
 import math
@@ -369,11 +368,10 @@ def _tests_validator(
 
 
 def _job(task: str) -> Any:
-    """Import a job module, or None for a task that has none."""
-    try:
-        return importlib.import_module(f"workers.jobs.{task}")
-    except ModuleNotFoundError:
-        return None
+    """Return a task's job module (``workers.jobs.registry``), or None for a task with none."""
+    from workers.jobs.registry import job_for
+
+    return job_for(task)
 
 
 # ---- one replayed request -----------------------------------------------------------------------

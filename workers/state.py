@@ -17,11 +17,13 @@ Keys, one job's state under ``cibot:job:<job key>:<part>``:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -74,7 +76,7 @@ def _text(raw: Any) -> str | None:
     """Return a stored value as text (Redis answers bytes)."""
     if raw is None:
         return None
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
 
 class JobState:
@@ -145,12 +147,19 @@ class JobState:
         self._put(state_key(ref, "done"), "1", ttl_s=DONE_TTL_S)
 
     def keep_gathered(self, ref: JobRef, text: str) -> None:
-        """Keep what dispatch gathered for run_job."""
-        self._put(state_key(ref, "gathered"), text, ttl_s=GATHERED_TTL_S)
+        """Keep what dispatch gathered for run_job, compressed (it repeats the diff's lines)."""
+        packed = base64.b64encode(zlib.compress(text.encode("utf-8"), 6)).decode("ascii")
+        self._put(state_key(ref, "gathered"), packed, ttl_s=GATHERED_TTL_S)
 
     def gathered(self, ref: JobRef) -> str | None:
-        """Return what dispatch gathered, or None when it is gone (expired, never kept)."""
-        return self._get(state_key(ref, "gathered"))
+        """Return what dispatch gathered, or None when it is gone or unreadable."""
+        packed = self._get(state_key(ref, "gathered"))
+        if packed is None:
+            return None
+        try:
+            return zlib.decompress(base64.b64decode(packed)).decode("utf-8")
+        except (ValueError, zlib.error):
+            return None  # written by another version: gather again
 
     def has_result(self, ref: JobRef) -> bool:
         """Say whether a computed result waits to be published."""

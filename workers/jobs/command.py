@@ -19,7 +19,7 @@ from bot.kernel.jobs import JobRef
 from policies.loading import REPO_SOURCE, MergeResult
 from policies.model import Policy
 from workers import repo_config
-from workers.github import GitHubClient
+from workers.jobs.contract import GitHubPort
 
 if TYPE_CHECKING:
     from workers.ledger import Ledger
@@ -122,7 +122,7 @@ class Request:
 class Env:
     """Carry what command handlers use: the client, the merged policy and the ledger."""
 
-    gh: GitHubClient
+    gh: GitHubPort
     merged: MergeResult
     ledger: Ledger | None
 
@@ -135,7 +135,7 @@ class Env:
 def handle_command(
     job: JobRef,
     *,
-    gh: GitHubClient,
+    gh: GitHubPort,
     policy: Policy,
     merged: MergeResult | None = None,
     ledger: Ledger | None = None,

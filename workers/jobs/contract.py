@@ -108,6 +108,12 @@ class GitHubPort(Protocol):
     def upsert_comment(self, repo: str, number: int, *, marker: str, body: str) -> int:
         """Edit the comment carrying ``marker`` or create it; return its id."""
 
+    def add_reaction(self, repo: str, *, comment_id: int, content: str) -> None:
+        """React to an issue comment (say, "eyes" on a command)."""
+
+    def permission(self, repo: str, user: str) -> str:
+        """Return a user's permission level on the repo (admin, write, read...)."""
+
     def create_review(
         self,
         repo: str,
