@@ -50,6 +50,21 @@ if TYPE_CHECKING:
 FORMAT = 1
 
 
+# The user message of a job that shows the PR itself (summary, review): everything the PR's
+# author wrote sits inside nonce-tagged delimiters the system prompt says never to obey.
+PR_PROMPT = """\
+<untrusted-{tag}>
+Title: {title}
+
+Description:
+{description}
+
+Diff{note}:
+{diff}
+</untrusted-{tag}>
+"""
+
+
 class GitHubPort(Protocol):
     """The workers.github.GitHubClient methods the pipeline and the jobs call."""
 

@@ -43,6 +43,7 @@ from policies.tokens import count
 from workers import packing, posts
 from workers.github import ReviewComment, ReviewCommentInfo
 from workers.jobs.contract import (
+    PR_PROMPT,
     Complete,
     Gathered,
     GitHubPort,
@@ -139,18 +140,6 @@ Reply with only a JSON object:
 "suggestion": <optional, RIGHT side only: the exact new text of lines start_line..line (or
 just line), without labels or +/- signs; only when the replacement is complete and exact>
 }}]}}
-"""
-
-USER_PROMPT = """\
-<untrusted-{tag}>
-Title: {title}
-
-Description:
-{description}
-
-Diff{note}:
-{diff}
-</untrusted-{tag}>
 """
 
 # ---- text the bot posts ---------------------------------------------------------------------
@@ -374,7 +363,7 @@ def request(gathered: Gathered[ReviewState], decision: Decision) -> ModelRequest
     )
     title = untrusted(gathered.pull.title, tag)
     description = untrusted(gathered.pull.body or "(none)", tag)[:MAX_DESCRIPTION_CHARS]
-    frame = USER_PROMPT.format(tag=tag, title=title, description=description, note="", diff="")
+    frame = PR_PROMPT.format(tag=tag, title=title, description=description, note="", diff="")
     reserve = (
         policy.tasks["review"].expected_output_tokens + policy.behaviour.context_reserve_tokens
     )
@@ -382,7 +371,7 @@ def request(gathered: Gathered[ReviewState], decision: Decision) -> ModelRequest
         window=policy.tiers[decision.tier].context_window, prompt=system + frame, reserve=reserve
     )
     text, note = _packed(gathered, untrusted(gathered.diff, tag), max(room, 1))
-    user = USER_PROMPT.format(tag=tag, title=title, description=description, note=note, diff=text)
+    user = PR_PROMPT.format(tag=tag, title=title, description=description, note=note, diff=text)
     return ModelRequest(
         messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
         schema=SCHEMA,

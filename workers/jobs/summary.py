@@ -23,6 +23,7 @@ from policies.routing import Decision
 from workers import packing
 from workers.github import FileInfo
 from workers.jobs.contract import (
+    PR_PROMPT,
     Complete,
     Gathered,
     GitHubPort,
@@ -81,18 +82,6 @@ Reply with only a JSON object with these keys:
   diff>, "change": <one short sentence>}}.
 """
 
-USER_PROMPT = """\
-<untrusted-{tag}>
-Title: {title}
-
-Description:
-{description}
-
-Diff{note}:
-{diff}
-</untrusted-{tag}>
-"""
-
 BODY_TEMPLATE = """\
 ## 🤖 cibot summary
 
@@ -143,7 +132,7 @@ class Frame:
 
     def user(self, diff: str, note: str = "") -> str:
         """Return the user message around a packed diff and the packer's note on it."""
-        return USER_PROMPT.format(
+        return PR_PROMPT.format(
             tag=self.tag,
             title=self.title,
             description=self.description,
