@@ -668,7 +668,6 @@ def fail(ref: JobRef, rt: Runtime, exc: BaseException) -> None:
         _nothing_to_do(ref, rt, exc, reason)
         return
     rt.ledger.finish_job(ref, JobResult(status=FAILED, error_kind=type(exc).__name__, error=reason))
-    rt.state.finish(ref)  # what only an unfinished job needs: its gathered input, its note
     log.warning("job failed", extra=log_fields(ref, error_kind=type(exc).__name__, error=reason))
     log.debug("job failure traceback", extra=log_fields(ref), exc_info=exc)
     job = job_module(ref.task) if ref.task in MODEL_TASKS else None
