@@ -16,10 +16,11 @@ before any renderer sees them. https://www.structlog.org/en/stable/standard-libr
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
 import structlog
@@ -86,12 +87,18 @@ def leading_first(_logger: WrappedLogger, _name: str, event: EventDict) -> Event
     return ordered
 
 
+@functools.lru_cache(maxsize=4096)
+def secret_key(key: str) -> bool:
+    """Say whether a field's name marks its value as a credential (names repeat: cached)."""
+    return bool(SECRET_KEYS.search(key))
+
+
 def scrub(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
     """Mask credentials: by key (token=, private_key=) and by shape inside any text value."""
     for key, value in list(event.items()):
         if key.startswith("_"):
             continue
-        if SECRET_KEYS.search(key) and value not in ("", None):
+        if secret_key(key) and value not in ("", None):
             event[key] = MASK
         elif isinstance(value, str):
             event[key] = scrub_text(value)
@@ -107,6 +114,46 @@ def scrub_text(text: str) -> str:
     return text
 
 
+class Logfmt:
+    """Render one ``key=value`` line, as structlog's LogfmtRenderer does with these options.
+
+    The output is the same, byte for byte (``tests/test_logsetup.py`` compares them): keys
+    in ``key_order`` first (empty when missing), then the rest in order; booleans as
+    ``true``/``false``; values with a space, ``=`` or ``"`` quoted, backslashes in them
+    doubled, and quotes and newlines escaped. Only faster: a key is checked for blanks
+    the first time it is seen, not on every line, since a process logs the same few keys.
+    """
+
+    def __init__(self, key_order: Sequence[str]) -> None:
+        """Render ``key_order`` first."""
+        self.key_order = tuple(key_order)
+        self._checked: set[str] = set()
+
+    def __call__(self, _logger: WrappedLogger, _name: str, event: EventDict) -> str:
+        """Return the line."""
+        items = [(key, event.pop(key, None)) for key in self.key_order]
+        items += event.items()
+        return " ".join([self._pair(key, value) for key, value in items])
+
+    def _pair(self, key: str, value: Any) -> str:
+        """Render one field."""
+        if key not in self._checked:
+            if any(c <= " " for c in key):
+                raise ValueError(f'Invalid key: "{key}"')
+            if len(self._checked) < 4096:
+                self._checked.add(key)
+        if value is None:
+            return f"{key}="
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        text = str(value)
+        quoted = " " in text or "=" in text or '"' in text
+        if quoted and "\\" in text:
+            text = text.replace("\\", "\\\\")
+        text = text.replace('"', '\\"').replace("\n", "\\n")
+        return f'{key}="{text}"' if quoted else f"{key}={text}"
+
+
 def _renderer(fmt: str, stream: IO[str]) -> Processor:
     """Return the final processor for a format name."""
     if fmt == "json":
@@ -114,7 +161,7 @@ def _renderer(fmt: str, stream: IO[str]) -> Processor:
     if fmt == "console":
         colors = bool(getattr(stream, "isatty", lambda: False)())
         return structlog.dev.ConsoleRenderer(colors=colors, sort_keys=False)
-    return structlog.processors.LogfmtRenderer(key_order=list(LEADING), bool_as_flag=False)
+    return Logfmt(LEADING)
 
 
 def _chain() -> list[Processor]:
