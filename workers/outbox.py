@@ -73,7 +73,7 @@ return pushed
 """
 
 
-def send(client: Any, app: Any, name: str, kwargs: dict[str, Any], queue: str) -> str:
+def send(client: Any, name: str, kwargs: dict[str, Any], queue: str) -> str:
     """Queue one task message and keep it in the outbox, in one script; return its task id."""
     task_id = str(uuid.uuid4())
     message = envelope(name, queue, kwargs, task_id=task_id)

@@ -76,7 +76,7 @@ def register(app: Any, *, settings: Settings, policy: Policy, timing: Timing) ->
 
     def send(name: str, ref: JobRef, queue: str) -> None:
         # Through the outbox, so a message Redis loses on its way to a worker is sent again.
-        outbox.send(runtime.get().redis, app, name, ref.to_kwargs(), queue)
+        outbox.send(runtime.get().redis, name, ref.to_kwargs(), queue)
 
     runtime = LazyRuntime(
         lambda: Runtime.build(settings, policy, send=send, lock_ttl_s=timing.lease_s)
