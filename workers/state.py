@@ -72,6 +72,11 @@ def state_key(ref: JobRef, part: str) -> str:
     return f"cibot:job:{job_key(ref)}:{part}"
 
 
+def pack(text: str) -> str:
+    """Compress a stored gathering to text (zlib, then base64)."""
+    return base64.b64encode(zlib.compress(text.encode("utf-8"), 6)).decode("ascii")
+
+
 def _text(raw: Any) -> str | None:
     """Return a stored value as text (Redis answers bytes)."""
     if raw is None:
@@ -148,8 +153,7 @@ class JobState:
 
     def keep_gathered(self, ref: JobRef, text: str) -> None:
         """Keep what dispatch gathered for run_job, compressed (it repeats the diff's lines)."""
-        packed = base64.b64encode(zlib.compress(text.encode("utf-8"), 6)).decode("ascii")
-        self._put(state_key(ref, "gathered"), packed, ttl_s=GATHERED_TTL_S)
+        self._put(state_key(ref, "gathered"), pack(text), ttl_s=GATHERED_TTL_S)
 
     def gathered(self, ref: JobRef) -> str | None:
         """Return what dispatch gathered, or None when it is gone or unreadable."""

@@ -21,6 +21,7 @@ from policies.loading import load_policy
 from workers.github import PullInfo
 from workers.jobs import review
 from workers.jobs.contract import Gathered, dump, load
+from workers.state import pack
 
 LINE = "+value_{n} = compute_something_long({n}, 'argument text')\n"
 
@@ -54,7 +55,7 @@ def main() -> int:
     runs = parser.parse_args().runs
     print(f"median of {runs} runs, CPU seconds; load average {os.getloadavg()[0]:.1f}")
     print(
-        f"{'diff':<22} {'diff MiB':>8} {'JSON MiB':>8} {'dump':>7} {'load':>7} {'parse':>7} "
+        f"{'diff':<22} {'diff MiB':>8} {'JSON MiB':>8} {'kept MiB':>8} {'dump':>7} {'load':>7} {'parse':>7} "
         f"{'load/parse':>10}"
     )
     for files, lines in ((10, 50), (50, 100), (200, 100)):
@@ -68,6 +69,7 @@ def main() -> int:
         name = f"{files * lines:,} lines, {files} files"
         print(
             f"{name:<22} {len(diff) / 2**20:>8.2f} {len(text) / 2**20:>8.2f} "
+            f"{len(pack(text)) / 2**20:>8.2f} "
             f"{dumped:>7.3f} {loaded:>7.3f} {parsed:>7.3f} {loaded / parsed:>10.2f}"
         )
     return 0
