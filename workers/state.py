@@ -17,6 +17,7 @@ Keys, one job's state under ``cibot:job:<job key>:<part>``:
 
 from __future__ import annotations
 
+import abc
 import base64
 import contextlib
 import json
@@ -84,38 +85,38 @@ def _text(raw: Any) -> str | None:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
 
-class JobState:
+class JobState(abc.ABC):
     """State every job-state operation once, over the storage primitives a subclass gives."""
 
     # ---- the primitives --------------------------------------------------------------------
 
+    @abc.abstractmethod
     def _get(self, key: str) -> str | None:
         """Return a key's value, or None."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _put(self, key: str, value: str, *, ttl_s: float, only_new: bool = False) -> bool:
         """Store a value with an expiry; with ``only_new``, only if the key is absent."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _has(self, *keys: str) -> bool:
         """Say whether any of the keys is present."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _drop(self, *keys: str) -> None:
         """Delete keys."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _hold(self, key: str, ttl_s: float) -> contextlib.AbstractContextManager[bool]:
         """Hold a lock on ``key`` for the block; yield whether we got it."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def journal(self, ref: JobRef, attempt: str, calls: list[Any]) -> Trail:
         """Return the recorder an attempt's model calls go through (it appends to ``calls``)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def settle(self, ref: JobRef, record: Settle) -> int:
         """Hand the calls a killed attempt journaled to ``record``; return how many."""
-        raise NotImplementedError
 
     # ---- what the pipeline asks ------------------------------------------------------------
 
